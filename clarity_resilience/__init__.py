@@ -1,0 +1,46 @@
+"""Serve only verified models; degrade to an audited HTTP 503 when you cannot.
+
+Importing this package configures no logging, registers no metric, starts no thread
+and imports no web framework or optional model loader.
+"""
+
+from __future__ import annotations
+
+from . import instrumentation, loaders
+from ._integrity import load_verified, read_verified, sha256_file
+from ._manifest import Manifest, ManifestEntry
+from ._reasons import Reason
+from .exceptions import (
+    ChecksumMismatchError,
+    CircuitOpenError,
+    ClarityResilienceError,
+    IntegrityError,
+    InvalidInputError,
+    ManifestError,
+    ModelLoadError,
+    ModelUnavailableError,
+    SizeMismatchError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ChecksumMismatchError",
+    "CircuitOpenError",
+    "ClarityResilienceError",
+    "IntegrityError",
+    "InvalidInputError",
+    "Manifest",
+    "ManifestEntry",
+    "ManifestError",
+    "ModelLoadError",
+    "ModelUnavailableError",
+    "Reason",
+    "SizeMismatchError",
+    "__version__",
+    "instrumentation",
+    "load_verified",
+    "loaders",
+    "read_verified",
+    "sha256_file",
+]

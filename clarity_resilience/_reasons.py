@@ -1,0 +1,45 @@
+"""The closed set of reason codes shared by exceptions, metrics labels and audit events."""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["INTEGRITY_REASONS", "Reason"]
+
+
+class Reason(enum.StrEnum):
+    """Why a call was denied or failed.
+
+    The set is closed and small on purpose: it is used as a Prometheus label value,
+    so every member is pre-initialised and alerts fire from the first failure.
+    """
+
+    CHECKSUM_MISMATCH = "checksum_mismatch"
+    SIZE_MISMATCH = "size_mismatch"
+    MISSING = "missing"
+    UNSAFE_PATH = "unsafe_path"
+    MANIFEST_INVALID = "manifest_invalid"
+    VERSION_MISMATCH = "version_mismatch"
+    IO_ERROR = "io_error"
+    FETCH_ERROR = "fetch_error"
+    TIMEOUT = "timeout"
+    LOAD_ERROR = "load_error"
+    UNSAFE_FORMAT = "unsafe_format"
+    INVALID_INPUT = "invalid_input"
+    BREAKER_OPEN = "breaker_open"
+    UNAVAILABLE = "unavailable"
+    INTERNAL = "internal"
+
+
+#: The reasons that ``model_integrity_failures_total`` is labelled with.
+INTEGRITY_REASONS: tuple[Reason, ...] = (
+    Reason.CHECKSUM_MISMATCH,
+    Reason.SIZE_MISMATCH,
+    Reason.MISSING,
+    Reason.UNSAFE_PATH,
+    Reason.MANIFEST_INVALID,
+    Reason.VERSION_MISMATCH,
+    Reason.IO_ERROR,
+    Reason.FETCH_ERROR,
+    Reason.TIMEOUT,
+)

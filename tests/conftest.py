@@ -1,0 +1,86 @@
+"""Fixtures shared by every test module."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+import clarity_resilience
+from clarity_resilience.instrumentation import Event
+from clarity_resilience.testing import capture_events
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under nox, refuse to run against the source tree instead of the installed wheel."""
+    if os.environ.get("CLARITY_TEST_INSTALLED") == "1":
+        source = pathlib.Path(clarity_resilience.__file__).resolve()
+        if REPO in source.parents:
+            raise pytest.UsageError(f"tests imported the checkout ({source}), not the wheel")
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    """Return a fresh Prometheus registry, so sample values start from zero."""
+    return CollectorRegistry()
+
+
+@pytest.fixture
+def events() -> Iterator[list[Event]]:
+    """Record every event emitted during the test (default hooks stay active)."""
+    with capture_events(keep_hooks=True) as recorded:
+        yield recorded
+
+
+@pytest.fixture
+def in_ci() -> bool:
+    """Return whether this is a CI run, where a missing service must fail, not skip."""
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def require_binary(name: str) -> str:
+    """Return the path of a system binary; skip without it locally, fail in CI."""
+    import shutil
+
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (.ci/run installs it with apt)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture
+def redis_server(tmp_path: pathlib.Path) -> Iterator[str]:
+    """Start a real redis-server on a Unix socket in tmp_path; yield the socket path."""
+    import subprocess
+
+    binary = require_binary("redis-server")
+    socket_path = tmp_path / "redis.sock"
+    # No TCP port (nothing to collide with), no persistence: a throwaway server.
+    args = ["--port", "0", "--unixsocket", str(socket_path), "--dir", str(tmp_path)]
+    args += ["--save", "", "--appendonly", "no"]
+    proc = subprocess.Popen(
+        [binary, *args],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # bounded: redis prints a few dozen lines, then this one
+            if "ready to accept connections" in line.lower():
+                break
+        else:
+            pytest.fail("redis-server exited before accepting connections")
+        yield str(socket_path)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
