@@ -1,0 +1,310 @@
+"""The filesystem side of manifests: walking, resolving and hashing without following symlinks.
+
+The directory a manifest describes may itself be reached through a symlink (a
+``current -> v3`` deployment switch); nothing below it may be one. A symlinked
+directory on the way to a listed file is refused outright rather than resolved and
+judged, which is simpler and leaves no "does it stay inside?" question to get wrong.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import stat
+import tempfile
+from collections.abc import Callable, Collection, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+from ._reasons import Reason
+from .exceptions import IntegrityError, ManifestError
+
+__all__ = [
+    "check_root",
+    "find_extras",
+    "hash_file",
+    "list_files",
+    "read_manifest_text",
+    "resolve",
+    "walk",
+    "worker_pool",
+    "write_atomic",
+]
+
+_CHUNK = 1024 * 1024
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+# A FIFO swapped in after the walk must not block the open; fstat then refuses it.
+_OPEN_FLAGS |= getattr(os, "O_NONBLOCK", 0)
+# A manifest larger than this is not a manifest (someone passed the model file itself).
+_MAX_MANIFEST_BYTES = 64 * 1024 * 1024
+# Mode of a newly written manifest: readable by the serving user (mkstemp makes 0600).
+_MANIFEST_MODE = 0o644
+
+#: Called with (relative path, path, error) when a directory cannot be listed.
+WalkErrorHandler = Callable[[str, str, OSError], None]
+
+
+def check_root(root: str) -> IntegrityError | None:
+    """Return why ``root`` is not a usable model directory, or ``None`` if it is."""
+    try:
+        st = os.stat(root)
+    except FileNotFoundError:
+        return IntegrityError(f"{root} does not exist", path=root, reason=Reason.MISSING)
+    except OSError as e:
+        return IntegrityError(
+            f"{root} cannot be read: {e.strerror}", path=root, reason=Reason.IO_ERROR
+        )
+    if not stat.S_ISDIR(st.st_mode):
+        return IntegrityError(f"{root} is not a directory", path=root, reason=Reason.MISSING)
+    return None
+
+
+def walk(
+    root: str, skip: frozenset[str], *, on_error: WalkErrorHandler
+) -> Iterator[tuple[str, os.DirEntry[str]]]:
+    """Yield ``(relative path, entry)`` for everything below ``root`` that is not a directory.
+
+    Symlinks are yielded, never followed; ``skip`` paths (and what is below them) are
+    left out; directories that cannot be listed go to ``on_error``.
+    """
+    stack = [("", root)]
+    while stack:
+        prefix, path = stack.pop()
+        try:
+            with os.scandir(path) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
+        except OSError as e:
+            on_error(prefix.rstrip("/") or ".", path, e)
+            continue
+        for entry in entries:
+            rel = prefix + entry.name
+            if rel in skip:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                stack.append((rel + "/", entry.path))
+            else:
+                yield rel, entry
+
+
+def _raise_walk_error(rel: str, path: str, error: OSError) -> None:
+    raise ManifestError(
+        f"{path} cannot be listed: {error.strerror}", path=path, reason=Reason.IO_ERROR
+    ) from error
+
+
+def list_files(root: str, skip: frozenset[str]) -> list[str]:
+    """Return the relative path of every regular file below ``root``, sorted.
+
+    Raises:
+        ManifestError: ``root`` is not a directory, something below it is a symlink or
+            a special file (``UNSAFE_PATH``), a directory cannot be listed, or there is
+            no file at all.
+    """
+    problem = check_root(root)
+    if problem is not None:
+        raise ManifestError(str(problem), path=root, reason=problem.reason)
+    names: list[str] = []
+    for rel, entry in walk(root, skip, on_error=_raise_walk_error):
+        if entry.is_symlink() or not entry.is_file(follow_symlinks=False):
+            kind = "a symbolic link" if entry.is_symlink() else "not a regular file"
+            raise ManifestError(
+                f"{entry.path} is {kind}; a manifest covers regular files only",
+                path=entry.path,
+                reason=Reason.UNSAFE_PATH,
+            )
+        names.append(rel)
+    if not names:
+        raise ManifestError(f"{root} contains no files to list", path=root)
+    return sorted(names)
+
+
+def read_manifest_text(path: str) -> str:
+    """Return the text of a manifest file, undecodable bytes kept as surrogates.
+
+    Raises:
+        ManifestError: Missing (``MISSING``), unreadable or too large (``IO_ERROR``).
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read(_MAX_MANIFEST_BYTES + 1)
+    except FileNotFoundError:
+        raise ManifestError(
+            f"manifest {path} does not exist", path=path, reason=Reason.MISSING
+        ) from None
+    except OSError as e:
+        raise ManifestError(
+            f"manifest {path} cannot be read: {e.strerror}", path=path, reason=Reason.IO_ERROR
+        ) from e
+    if len(data) > _MAX_MANIFEST_BYTES:
+        raise ManifestError(
+            f"manifest {path} is larger than {_MAX_MANIFEST_BYTES} bytes",
+            path=path,
+            reason=Reason.IO_ERROR,
+        )
+    # surrogateescape keeps a bad byte on its own line, so the error can name the line.
+    return data.decode("utf-8", "surrogateescape")
+
+
+def find_extras(
+    root: str, listed: Collection[str], skip: frozenset[str]
+) -> list[tuple[str, IntegrityError]]:
+    """Return ``(relative path, problem)`` for everything below ``root`` that is not listed.
+
+    A directory that cannot be listed is a problem too (its contents are unknown).
+    """
+    # A symlink in place of a listed file's directory is reported by that file, not here.
+    parents = {path[:i] for path in listed for i, char in enumerate(path) if char == "/"}
+    found: list[tuple[str, IntegrityError]] = []
+
+    def unreadable(rel: str, path: str, error: OSError) -> None:
+        message = f"{path} cannot be listed: {error.strerror}"
+        found.append((rel, IntegrityError(message, path=path, reason=Reason.IO_ERROR)))
+
+    for rel, entry in walk(root, skip, on_error=unreadable):
+        if rel not in listed and rel not in parents:
+            message = f"{entry.path} is not listed in the manifest"
+            found.append(
+                (rel, IntegrityError(message, path=entry.path, reason=Reason.MANIFEST_INVALID))
+            )
+    return found
+
+
+def worker_pool(workers: int | None) -> ThreadPoolExecutor:
+    """Return the thread pool that hashes files (``workers`` threads, default one per CPU).
+
+    Raises:
+        ValueError: ``workers`` is less than 1.
+    """
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    # Threads suffice: hashlib releases the GIL while hashing large buffers.
+    return ThreadPoolExecutor(
+        max_workers=workers or os.cpu_count() or 1, thread_name_prefix="clarity-manifest"
+    )
+
+
+def resolve(root: str, rel: str) -> str:
+    """Return ``root/rel`` after checking that no directory on the way is a symlink.
+
+    The last component is left to the opener, which refuses a symlink there itself.
+
+    Raises:
+        IntegrityError: A directory on the way is a symlink (``UNSAFE_PATH``), missing
+            or not a directory (``MISSING``), or cannot be examined (``IO_ERROR``).
+    """
+    parts = rel.split("/")
+    full = os.path.join(root, *parts)
+    current = root
+    for part in parts[:-1]:
+        current = os.path.join(current, part)
+        try:
+            st = os.lstat(current)
+        except FileNotFoundError:
+            raise IntegrityError(
+                f"{full} does not exist", path=full, reason=Reason.MISSING
+            ) from None
+        except OSError as e:
+            raise IntegrityError(
+                f"{full} cannot be reached: {e.strerror}", path=full, reason=Reason.IO_ERROR
+            ) from e
+        if stat.S_ISLNK(st.st_mode):
+            raise IntegrityError(
+                f"{full} lies below the symbolic link {current}; listed paths must not "
+                "pass through symlinks",
+                path=full,
+                reason=Reason.UNSAFE_PATH,
+            )
+        if not stat.S_ISDIR(st.st_mode):
+            raise IntegrityError(
+                f"{full} does not exist ({current} is not a directory)",
+                path=full,
+                reason=Reason.MISSING,
+            )
+    return full
+
+
+def hash_file(path: str) -> tuple[str, int]:
+    """Return the SHA-256 hex digest and size of a regular file, without following a symlink.
+
+    Raises:
+        ManifestError: A symlink or special file (``UNSAFE_PATH``), an unreadable file
+            (``IO_ERROR``), or one whose size changed while it was hashed.
+    """
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as e:
+        # ELOOP: a symlink was swapped in after the walk saw a regular file.
+        reason = Reason.UNSAFE_PATH if e.errno == errno.ELOOP else Reason.IO_ERROR
+        raise ManifestError(
+            f"{path} cannot be hashed: {e.strerror}", path=path, reason=reason
+        ) from e
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ManifestError(
+                f"{path} is not a regular file", path=path, reason=Reason.UNSAFE_PATH
+            )
+        hasher = hashlib.sha256()
+        buffer = memoryview(bytearray(_CHUNK))
+        total = 0
+        try:
+            while got := os.readv(fd, [buffer]):
+                hasher.update(buffer[:got])  # releases the GIL: other files hash meanwhile
+                total += got
+        except OSError as e:
+            raise ManifestError(
+                f"{path} could not be read: {e.strerror}", path=path, reason=Reason.IO_ERROR
+            ) from e
+    finally:
+        os.close(fd)
+    if total != st.st_size:
+        raise ManifestError(
+            f"{path} changed size while being hashed ({st.st_size} -> {total} bytes)",
+            path=path,
+            expected=st.st_size,
+            actual=total,
+            reason=Reason.SIZE_MISMATCH,
+        )
+    return hasher.hexdigest(), total
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so readers see the old file or the new, never a part.
+
+    Raises:
+        OSError: Writing failed; ``path`` is untouched and no temporary file is left.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        mode = _MANIFEST_MODE
+    fd, temporary = tempfile.mkstemp(
+        prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory
+    )
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    _fsync_directory(directory)
+
+
+def _fsync_directory(directory: str) -> None:
+    # Makes the rename itself durable; some filesystems cannot open a directory for it.
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)

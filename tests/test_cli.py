@@ -1,0 +1,324 @@
+"""Tests for the clarity-resilience command line (in process and as `python -m`)."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from clarity_resilience import _cli
+from clarity_resilience._cli import main
+from clarity_resilience._manifest import Manifest
+from clarity_resilience.instrumentation import get_on_event_hooks, set_on_event_hooks
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+FILES = {
+    "weights.bin": b"\x00\x01" * 5000,
+    "config.json": b'{"layers": 2}',
+    "sub/tokenizer.txt": b"hello tokens",
+}
+
+
+def make_tree(root: pathlib.Path, files: dict[str, bytes]) -> pathlib.Path:
+    for name, data in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return root
+
+
+@pytest.fixture
+def model_dir(tmp_path: pathlib.Path) -> pathlib.Path:
+    return make_tree(tmp_path / "model", FILES)
+
+
+@pytest.fixture
+def manifest_file(model_dir: pathlib.Path) -> pathlib.Path:
+    """Return a sha256sum manifest of model_dir, stored inside it (as users often do)."""
+    path = model_dir / "MANIFEST.sha256"
+    assert main(["manifest", "create", str(model_dir), "-o", str(path)]) == 0
+    return path
+
+
+@pytest.fixture
+def sha256sum(in_ci: bool) -> str:
+    """Return GNU sha256sum's path; a missing one fails in CI and skips elsewhere."""
+    path = shutil.which("sha256sum")
+    if path is None:
+        if in_ci:
+            pytest.fail("sha256sum (GNU coreutils) is required in CI")
+        pytest.skip("sha256sum is not installed")
+    return path
+
+
+def run_module(*args: str, cwd: pathlib.Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `python -m clarity_resilience` against the checkout, or the installed wheel."""
+    env = dict(os.environ)
+    if os.environ.get("CLARITY_TEST_INSTALLED") != "1":
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-m", "clarity_resilience", *args],
+        capture_output=True, text=True, env=env, cwd=cwd, check=False, timeout=60,
+    )  # fmt: skip
+
+
+class TestCreate:
+    def test_prints_sha256sum_lines(
+        self, model_dir: pathlib.Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Without -o the manifest goes to stdout in sha256sum form."""
+        assert main(["manifest", "create", str(model_dir)]) == 0
+        out, err = capsys.readouterr()
+        assert out == Manifest.build(model_dir).dumps("sha256sum")
+        assert err == ""
+
+    def test_output_inside_directory_excludes_itself(
+        self, model_dir: pathlib.Path, manifest_file: pathlib.Path
+    ) -> None:
+        """A manifest written into the directory does not list itself."""
+        listed = Manifest.read(manifest_file).entries
+        assert sorted(listed) == sorted(FILES)
+
+    def test_json_with_model_version(
+        self, model_dir: pathlib.Path, tmp_path: pathlib.Path
+    ) -> None:
+        """--format json --model-version writes sizes and the version."""
+        out = tmp_path / "manifest.json"
+        argv = ["manifest", "create", str(model_dir), "-o", str(out), "--format", "json"]
+        assert main([*argv, "--model-version", "2024-06"]) == 0
+        document = json.loads(out.read_text())
+        assert document["model_version"] == "2024-06"
+        assert document["files"]["weights.bin"]["size"] == len(FILES["weights.bin"])
+
+    def test_model_version_needs_json(
+        self, model_dir: pathlib.Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """--model-version with the sha256sum form is a usage error, not silently dropped."""
+        assert main(["manifest", "create", str(model_dir), "--model-version", "3"]) == 2
+        assert "--model-version is recorded only by --format json" in capsys.readouterr().err
+
+    def test_unwritable_output_names_the_file(
+        self, model_dir: pathlib.Path, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A manifest that cannot be written fails with one line naming the requested file."""
+        target = tmp_path / "no" / "such" / "MANIFEST"
+        assert main(["manifest", "create", str(model_dir), "-o", str(target)]) == 1
+        assert capsys.readouterr().err == (
+            f"clarity-resilience: {target}: cannot write the manifest: No such file or directory\n"
+        )
+
+    def test_symlink_in_directory_fails(
+        self, model_dir: pathlib.Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A symlink in the directory stops create with one line and exit 1."""
+        (model_dir / "link").symlink_to(model_dir / "weights.bin")
+        assert main(["manifest", "create", str(model_dir)]) == 1
+        out, err = capsys.readouterr()
+        assert out == ""
+        assert err.count("\n") == 1
+        assert err.startswith("clarity-resilience: ")
+        assert "symbolic link" in err
+
+
+class TestVerify:
+    def test_clean_directory(
+        self,
+        model_dir: pathlib.Path,
+        manifest_file: pathlib.Path,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """A clean directory exits 0 and says OK."""
+        assert main(["verify", str(model_dir), "--manifest", str(manifest_file)]) == 0
+        out, err = capsys.readouterr()
+        assert out == f"{model_dir}: OK (3 files verified)\n"
+        assert err == ""
+
+    def test_checksum_mismatch(
+        self,
+        model_dir: pathlib.Path,
+        manifest_file: pathlib.Path,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """A changed file exits 1 with one short line naming it."""
+        (model_dir / "config.json").write_bytes(b'{"layers": 9}')
+        assert main(["verify", str(model_dir), "--manifest", str(manifest_file)]) == 1
+        out, err = capsys.readouterr()
+        assert out == ""
+        assert err == "clarity-resilience: config.json: checksum mismatch\n"
+
+    def test_one_line_per_problem(
+        self,
+        model_dir: pathlib.Path,
+        tmp_path: pathlib.Path,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """Each problem gets exactly one line, in a stable order."""
+        manifest = tmp_path / "m.json"
+        argv = ["manifest", "create", str(model_dir), "-o", str(manifest), "--format", "json"]
+        assert main([*argv, "--model-version", "1"]) == 0
+        (model_dir / "weights.bin").write_bytes(b"short")
+        (model_dir / "sub" / "tokenizer.txt").unlink()
+        (model_dir / "evil\nname.py").write_text("x")
+        argv = ["verify", str(model_dir), "--manifest", str(manifest)]
+        assert main([*argv, "--expected-version", "2"]) == 1
+        assert capsys.readouterr().err.splitlines() == [
+            "clarity-resilience: model version mismatch: expected '2', manifest has '1'",
+            "clarity-resilience: evil\\nname.py: is not listed in the manifest",
+            "clarity-resilience: sub/tokenizer.txt: does not exist",
+            "clarity-resilience: weights.bin: size mismatch (expected 10000 bytes, found 5)",
+        ]
+
+    def test_allow_extra(self, model_dir: pathlib.Path, manifest_file: pathlib.Path) -> None:
+        """An unlisted file fails verify unless --allow-extra is given."""
+        (model_dir / "README").write_text("hi")
+        argv = ["verify", str(model_dir), "--manifest", str(manifest_file)]
+        assert main(argv) == 1
+        assert main([*argv, "--allow-extra"]) == 0
+
+    def test_malformed_manifest_fails_closed(
+        self, model_dir: pathlib.Path, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A malformed manifest exits 1 with one bounded line naming the line number."""
+        manifest = tmp_path / "bad.sha256"
+        digest = hashlib.sha256(FILES["config.json"]).hexdigest()
+        manifest.write_text(f"{digest}  config.json\n" + "x" * 100_000 + "\n")
+        assert main(["verify", str(model_dir), "--manifest", str(manifest)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"clarity-resilience: line 2 of {manifest}: ")
+        assert err.count("\n") == 1
+        assert len(err) < 300 + len(str(manifest))
+
+    def test_missing_manifest(
+        self, model_dir: pathlib.Path, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A missing manifest exits 1 (fail closed), not 0 and not a traceback."""
+        assert main(["verify", str(model_dir), "--manifest", str(tmp_path / "nope")]) == 1
+        assert "does not exist" in capsys.readouterr().err
+
+    def test_event_hooks_are_off_while_running_and_restored(
+        self, model_dir: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The command turns library event hooks off while it runs and restores them after."""
+
+        def record(event: object) -> None:
+            pass
+
+        seen: list[object] = []
+
+        def spy(args: argparse.Namespace) -> int:
+            seen.append(get_on_event_hooks())
+            return 0
+
+        monkeypatch.setattr(_cli, "verify", spy)
+        before = get_on_event_hooks()
+        set_on_event_hooks([record])
+        try:
+            assert main(["verify", str(model_dir), "--manifest", "m"]) == 0
+            assert get_on_event_hooks() == (record,)
+        finally:
+            set_on_event_hooks(before)
+        assert seen == [()]
+
+
+class TestUnexpectedErrors:
+    def test_internal_error_is_one_line(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A bug surfaces as exit 1 and one line, never a traceback."""
+
+        def broken(args: argparse.Namespace) -> int:
+            raise RuntimeError("bug")
+
+        monkeypatch.setattr(_cli, "verify", broken)
+        assert main(["verify", "d", "--manifest", "m"]) == 1
+        assert capsys.readouterr().err == "clarity-resilience: internal error: RuntimeError: bug\n"
+
+
+class TestHash:
+    def test_matches_sha256sum(
+        self,
+        tmp_path: pathlib.Path,
+        sha256sum: str,
+        capsysbinary: pytest.CaptureFixture[bytes],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """`hash` prints exactly what sha256sum prints, escapes included."""
+        names = ["plain.bin", "with space.bin", "back\\slash.bin", "new\nline.bin"]
+        make_tree(tmp_path, {name: name.encode() for name in names})
+        monkeypatch.chdir(tmp_path)
+        assert main(["hash", *names]) == 0
+        expected = subprocess.run([sha256sum, *names], capture_output=True, check=True).stdout
+        assert capsysbinary.readouterr().out == expected
+
+    def test_unreadable_file_is_reported_and_others_hashed(
+        self, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A missing file gives exit 1 and one line; the other files are still hashed."""
+        (tmp_path / "a").write_bytes(b"a")
+        assert main(["hash", str(tmp_path / "nope"), str(tmp_path / "a")]) == 1
+        out, err = capsys.readouterr()
+        assert out == f"{hashlib.sha256(b'a').hexdigest()}  {tmp_path / 'a'}\n"
+        assert err == f"clarity-resilience: {tmp_path / 'nope'}: No such file or directory\n"
+
+
+class TestUsage:
+    @pytest.mark.parametrize(
+        "argv",
+        [
+            pytest.param([], id="no-command"),
+            pytest.param(["frobnicate"], id="unknown-command"),
+            pytest.param(["manifest"], id="no-action"),
+            pytest.param(["verify", "dir"], id="no-manifest"),
+            pytest.param(["manifest", "create", "d", "--workers", "0"], id="zero-workers"),
+            pytest.param(["manifest", "create", "d", "--format", "yaml"], id="bad-format"),
+        ],
+    )
+    def test_usage_errors_exit_2(
+        self, argv: list[str], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Usage errors exit 2 with argparse's usage on stderr."""
+        assert main(argv) == 2
+        assert "usage: clarity-resilience" in capsys.readouterr().err
+
+    def test_version(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """--version prints the program and its version and exits 0."""
+        from clarity_resilience import __version__
+
+        assert main(["--version"]) == 0
+        assert capsys.readouterr().out == f"clarity-resilience {__version__}\n"
+
+
+class TestModule:
+    def test_verify_ok_and_failing(
+        self, model_dir: pathlib.Path, manifest_file: pathlib.Path
+    ) -> None:
+        """`python -m clarity_resilience verify` exits 0, then 1 once a file changes."""
+        ok = run_module("verify", str(model_dir), "--manifest", str(manifest_file))
+        assert (ok.returncode, ok.stderr) == (0, "")
+        (model_dir / "weights.bin").write_bytes(b"\x01\x00" * 5000)
+        bad = run_module("verify", str(model_dir), "--manifest", str(manifest_file))
+        assert bad.returncode == 1
+        assert bad.stderr == "clarity-resilience: weights.bin: checksum mismatch\n"
+        assert bad.stdout == ""
+
+    @pytest.mark.parametrize(
+        ("args", "code"),
+        [
+            pytest.param((), 2, id="no-args"),
+            pytest.param(("verify", "/no/dir", "--manifest", "/no/m"), 1, id="missing"),
+            pytest.param(("manifest", "create", "/nonexistent"), 1, id="missing-dir"),
+        ],
+    )
+    def test_never_a_traceback(self, args: tuple[str, ...], code: int) -> None:
+        """Failures exit with their code and one message, never a traceback."""
+        done = run_module(*args)
+        assert done.returncode == code
+        assert "Traceback" not in done.stderr + done.stdout
+        assert done.stderr.strip()
