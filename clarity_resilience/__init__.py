@@ -7,6 +7,7 @@ and imports no web framework or optional model loader.
 from __future__ import annotations
 
 from . import instrumentation, loaders
+from ._breaker import Breaker
 from ._integrity import load_verified, read_verified, sha256_file
 from ._manifest import Manifest, ManifestEntry
 from ._reasons import Reason
@@ -25,6 +26,7 @@ from .exceptions import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Breaker",
     "ChecksumMismatchError",
     "CircuitOpenError",
     "ClarityResilienceError",

@@ -1,0 +1,373 @@
+"""A circuit breaker on pybreaker's state machine that never runs user code under a lock.
+
+pybreaker holds its lock while the wrapped function runs (threads queue single file),
+has no asyncio support, counts excluded exceptions as successes and lets every caller
+through while half-open. So admission is ours: a state check (lock-free while closed)
+and a half-open permit count. User code runs outside every lock. Its outcome is then
+recorded into pybreaker's state machine with a trivial call, so the thresholds, the
+transitions and the storage (memory or Redis) stay pybreaker's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import threading
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+
+from .exceptions import CircuitOpenError, InvalidInputError
+from .instrumentation import BreakerRegistered, BreakerStateChanged, CallRejected, Emitter
+
+if TYPE_CHECKING:
+    import pybreaker
+    from prometheus_client import CollectorRegistry
+
+__all__ = ["Breaker", "ExcludeSpec"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+# pybreaker's state names (imported lazily: pybreaker imports redis when it is installed).
+CLOSED = "closed"
+OPEN = "open"
+HALF_OPEN = "half-open"
+
+#: An exception type, or a predicate on an exception, whose occurrences are ignored.
+ExcludeSpec = type[BaseException] | Callable[[BaseException], bool]
+
+# While the half-open trial runs, nobody knows when the next trial will be: ask callers
+# to come back soon; if the trial fails they are told the full reset timeout then.
+_TRIAL_IN_FLIGHT_RETRY_AFTER = 1.0
+
+
+class _RecordedFailure(Exception):
+    """Stands in for the caller's exception inside pybreaker (whose traceback stays intact)."""
+
+
+def _succeed() -> None:
+    return None
+
+
+def _fail() -> None:
+    raise _RecordedFailure
+
+
+class Breaker:
+    """A circuit breaker for model loading and prediction.
+
+    ``fail_max`` consecutive failures open it; after ``reset_timeout`` seconds it lets
+    ``half_open_permits`` trial calls through (others are rejected at once); a trial
+    that succeeds closes it, one that fails opens it again for a fresh timeout.
+
+    Failures are exceptions. *Ignored* outcomes neither count as failures nor reset the
+    count nor close a half-open breaker: :class:`InvalidInputError` (client faults),
+    anything matched by ``exclude``, and ``BaseException`` that is not an ``Exception``
+    (``asyncio.CancelledError``, ``KeyboardInterrupt``). The call that trips the breaker
+    re-raises its own exception; later calls raise :class:`CircuitOpenError`.
+
+    Args:
+        name: The breaker's name, used as the ``breaker`` metric label.
+        fail_max: Consecutive failures that open the breaker.
+        reset_timeout: Seconds the breaker stays open before a trial call.
+        half_open_permits: How many trial calls may run at once while half-open.
+        exclude: Exception types or predicates whose outcomes are ignored.
+        storage: A pybreaker storage (e.g. ``pybreaker.CircuitRedisStorage``) to share
+            state between processes; in memory by default. Half-open permits are
+            counted per process.
+        registry: The Prometheus registry to record into (default registry if None).
+
+    Raises:
+        ValueError: A threshold or timeout is not a positive number.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        fail_max: int = 5,
+        reset_timeout: float = 60.0,
+        half_open_permits: int = 1,
+        exclude: Iterable[ExcludeSpec] = (),
+        storage: pybreaker.CircuitBreakerStorage | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        if not name or not isinstance(name, str):
+            raise ValueError(f"name must be a non-empty str, got {name!r}")
+        _check_positive_int("fail_max", fail_max)
+        _check_positive_int("half_open_permits", half_open_permits)
+        if isinstance(reset_timeout, bool) or not isinstance(reset_timeout, int | float):
+            raise TypeError(f"reset_timeout must be a positive number, got {reset_timeout!r}")
+        if not reset_timeout > 0 or reset_timeout == float("inf"):
+            raise ValueError(f"reset_timeout must be a positive number, got {reset_timeout!r}")
+        excluded = tuple(exclude)
+        for spec in excluded:
+            if not (isinstance(spec, type) and issubclass(spec, BaseException)) and not callable(
+                spec
+            ):
+                raise TypeError(f"exclude takes exception types or predicates, got {spec!r}")
+        import pybreaker
+
+        self.name = name
+        self.half_open_permits = half_open_permits
+        self._ignored_types: tuple[type[BaseException], ...] = (
+            InvalidInputError,
+            *(s for s in excluded if isinstance(s, type)),
+        )
+        self._predicates = tuple(s for s in excluded if not isinstance(s, type))
+        self._storage = storage or pybreaker.CircuitMemoryStorage(CLOSED)
+        self._cb = pybreaker.CircuitBreaker(
+            fail_max=fail_max,
+            reset_timeout=reset_timeout,
+            state_storage=self._storage,
+            name=name,
+            throw_new_error_on_trip=False,
+        )
+        self._lock = threading.Lock()
+        self._trials = 0
+        self._emitter = Emitter(registry)
+        self._seen = self._storage.state
+        self._emitter.emit(BreakerRegistered(breaker=name, state=self._seen))
+
+    # -- public state ---------------------------------------------------------------
+
+    @property
+    def fail_max(self) -> int:
+        """Return how many consecutive failures open the breaker."""
+        return self._cb.fail_max
+
+    @property
+    def reset_timeout(self) -> float:
+        """Return how many seconds the breaker stays open before a trial."""
+        return float(self._cb.reset_timeout)
+
+    @property
+    def fail_counter(self) -> int:
+        """Return the current count of consecutive failures."""
+        return int(self._storage.counter)
+
+    @property
+    def state(self) -> str:
+        """Return ``"closed"``, ``"open"`` or ``"half-open"``.
+
+        An open breaker whose timeout has passed reports ``"half-open"``: the next call
+        is a trial, even if no call has arrived yet to make the transition.
+        """
+        state = str(self._storage.state)
+        if state == OPEN and self._open_remaining() <= 0:
+            return HALF_OPEN
+        return state
+
+    def retry_after(self) -> float:
+        """Return the seconds until this breaker would admit a call (0.0 if it would now)."""
+        state = self._storage.state
+        if state == OPEN:
+            return max(0.0, self._open_remaining())
+        if state == HALF_OPEN and self._trials >= self.half_open_permits:
+            return min(_TRIAL_IN_FLIGHT_RETRY_AFTER, self.reset_timeout)
+        return 0.0
+
+    # -- calling --------------------------------------------------------------------
+
+    def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``fn(*args, **kwargs)`` under the breaker and return its result.
+
+        Raises:
+            CircuitOpenError: The breaker is open, or its half-open trial is in flight.
+            TypeError: ``fn`` returned a coroutine; use :meth:`call_async`.
+            BaseException: Whatever ``fn`` raised, after recording the outcome.
+        """
+        trial = self._admit()
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            self._record_error(exc, trial)
+            raise
+        if inspect.isawaitable(result):
+            self._release(trial)
+            if inspect.iscoroutine(result):
+                result.close()
+            raise TypeError(f"{fn!r} returned an awaitable; use Breaker.call_async")
+        self._record_success(trial)
+        return result
+
+    async def call_async(
+        self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Await ``fn(*args, **kwargs)`` under the breaker and return its result.
+
+        Cancellation is ignored: it releases a half-open permit without closing the
+        breaker and does not count as a failure.
+        """
+        trial = self._admit()
+        try:
+            result = await fn(*args, **kwargs)
+        except BaseException as exc:
+            self._record_error(exc, trial)
+            raise
+        self._record_success(trial)
+        return result
+
+    def guard(self) -> _Guard:
+        """Return a context manager for ``with`` and ``async with`` blocks.
+
+        The block is admitted on entry (raising :class:`CircuitOpenError` if rejected)
+        and its outcome recorded on exit.
+        """
+        return _Guard(self)
+
+    @overload
+    def __call__(
+        self, fn: Callable[P, Coroutine[Any, Any, T]]
+    ) -> Callable[P, Coroutine[Any, Any, T]]: ...
+
+    @overload
+    def __call__(self, fn: Callable[P, T]) -> Callable[P, T]: ...
+
+    def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
+        """Decorate a sync or ``async def`` function so every call runs under the breaker."""
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                return await self.call_async(fn, *args, **kwargs)
+
+            return async_wrapper
+
+        @functools.wraps(fn)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+            return self.call(fn, *args, **kwargs)
+
+        return wrapper
+
+    def __repr__(self) -> str:
+        return f"<Breaker {self.name!r} state={self.state!r} failures={self.fail_counter}>"
+
+    # -- admission and recording ----------------------------------------------------
+
+    def _admit(self) -> bool:
+        """Admit a call or raise :class:`CircuitOpenError`; return whether it is a trial."""
+        state = self._storage.state
+        if state == CLOSED and self._seen == CLOSED:
+            return False  # the hot path: no lock, nothing to record
+        rejected: CallRejected | None = None
+        with self._lock:
+            state = self._observe()
+            if state == OPEN:
+                remaining = self._open_remaining()
+                if remaining > 0:
+                    rejected = CallRejected(breaker=self.name, state=OPEN, retry_after=remaining)
+                else:
+                    self._cb.half_open()
+                    state = self._observe()
+            if rejected is None and state == HALF_OPEN:
+                if self._trials < self.half_open_permits:
+                    self._trials += 1
+                    return True
+                rejected = CallRejected(
+                    breaker=self.name,
+                    state=HALF_OPEN,
+                    retry_after=min(_TRIAL_IN_FLIGHT_RETRY_AFTER, self.reset_timeout),
+                )
+        if rejected is None:
+            return False
+        self._emitter.emit(rejected)
+        raise CircuitOpenError(self.name, rejected.retry_after)
+
+    def _is_ignored(self, exc: BaseException) -> bool:
+        if not isinstance(exc, Exception) or isinstance(exc, self._ignored_types):
+            return True
+        return any(predicate(exc) for predicate in self._predicates)
+
+    def _record_error(self, exc: BaseException, trial: bool) -> None:
+        if self._is_ignored(exc):
+            self._release(trial)
+            return
+        with self._lock:
+            if trial:
+                self._trials -= 1
+            # Stale outcomes are dropped: a call admitted while closed must not reopen a
+            # half-open breaker, and nothing extends an open one.
+            if self._storage.state == CLOSED or (trial and self._storage.state == HALF_OPEN):
+                with contextlib.suppress(_RecordedFailure):
+                    self._cb.call(_fail)
+            self._observe()
+
+    def _record_success(self, trial: bool) -> None:
+        if not trial and not self._storage.counter and self._seen == CLOSED:
+            return  # nothing to reset: keep the closed-state hot path lock-free
+        with self._lock:
+            if trial:
+                self._trials -= 1
+            state = self._storage.state
+            if (state == CLOSED and self._storage.counter) or (trial and state == HALF_OPEN):
+                self._cb.call(_succeed)
+            self._observe()
+
+    def _release(self, trial: bool) -> None:
+        if trial:
+            with self._lock:
+                self._trials -= 1
+
+    def _observe(self) -> str:
+        """Return the stored state, emitting a transition if it changed (lock held)."""
+        state = str(self._storage.state)
+        if state != self._seen:
+            old, self._seen = self._seen, state
+            # Emitted under the lock so hooks see transitions in order; hooks that raise
+            # are contained by the emitter and cannot break the breaker.
+            self._emitter.emit(
+                BreakerStateChanged(breaker=self.name, old_state=old, new_state=state)
+            )
+        return state
+
+    def _open_remaining(self) -> float:
+        """Return the seconds left before an open breaker admits a trial (clock: UTC now)."""
+        opened_at = self._storage.opened_at
+        if opened_at is None:
+            return 0.0
+        elapsed = (datetime.now(UTC) - opened_at).total_seconds()
+        return float(self._cb.reset_timeout) - elapsed
+
+
+class _Guard:
+    """``with breaker.guard():`` and ``async with breaker.guard():``."""
+
+    __slots__ = ("_breaker", "_trial")
+
+    def __init__(self, breaker: Breaker) -> None:
+        self._breaker = breaker
+        self._trial = False
+
+    def __enter__(self) -> None:
+        self._trial = self._breaker._admit()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            self._breaker._record_success(self._trial)
+        else:
+            self._breaker._record_error(exc, self._trial)
+
+    async def __aenter__(self) -> None:
+        self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")

@@ -1,0 +1,251 @@
+"""Tests for clarity_resilience.instrumentation: metrics, audit events, hook configuration."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+import structlog
+import time_machine
+from prometheus_client import CollectorRegistry, generate_latest
+
+from clarity_resilience import Breaker, CircuitOpenError, Reason
+from clarity_resilience.instrumentation import (
+    BREAKER_STATES,
+    Emitter,
+    Event,
+    ModelRegistered,
+    PredictionFailed,
+    PrometheusOnEventHook,
+    StructlogOnEventHook,
+    get_on_event_hooks,
+    prometheus_hook,
+    set_on_event_hooks,
+)
+from clarity_resilience.testing import capture_events
+
+T0 = dt.datetime(2026, 11, 21, 12, 0, 0, tzinfo=dt.UTC)
+
+
+@pytest.fixture
+def clock() -> Iterator[time_machine.Traveller]:
+    with time_machine.travel(T0, tick=False) as traveller:
+        yield traveller
+
+
+def boom() -> None:
+    raise RuntimeError("down")
+
+
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    return registry.get_sample_value(name, labels)
+
+
+class TestPrometheus:
+    def test_series_exist_before_the_first_failure(self, registry: CollectorRegistry) -> None:
+        """Every label set of a new breaker is pre-initialised, so alerts work from the start."""
+        Breaker("b", registry=registry)
+        assert sample(registry, "circuit_breaker_rejections_total", breaker="b") == 0.0
+        for old in BREAKER_STATES:
+            for new in BREAKER_STATES:
+                if old != new:
+                    value = sample(
+                        registry,
+                        "circuit_breaker_transitions_total",
+                        breaker="b",
+                        from_state=old,
+                        to_state=new,
+                    )
+                    assert value == 0.0
+        assert sample(registry, "circuit_breaker_state", breaker="b", state="closed") == 1.0
+        assert sample(registry, "circuit_breaker_state", breaker="b", state="open") == 0.0
+
+    def test_scripted_sequence_gives_exact_counts(
+        self, registry: CollectorRegistry, clock: time_machine.Traveller
+    ) -> None:
+        """Open, reject 3x, failed trial, reject, successful trial: every sample is exact."""
+        breaker = Breaker("b", registry=registry)
+        for _ in range(5):
+            with pytest.raises(RuntimeError):
+                breaker.call(boom)
+        for _ in range(3):
+            with pytest.raises(CircuitOpenError):
+                breaker.call(lambda: None)
+        clock.shift(60)
+        with pytest.raises(RuntimeError):
+            breaker.call(boom)
+        with pytest.raises(CircuitOpenError):
+            breaker.call(lambda: None)
+        clock.shift(60)
+        breaker.call(lambda: None)
+
+        def transitions(old: str, new: str) -> float | None:
+            return sample(
+                registry,
+                "circuit_breaker_transitions_total",
+                breaker="b",
+                from_state=old,
+                to_state=new,
+            )
+
+        assert transitions("closed", "open") == 1.0
+        assert transitions("open", "half-open") == 2.0
+        assert transitions("half-open", "open") == 1.0
+        assert transitions("half-open", "closed") == 1.0
+        assert transitions("closed", "half-open") == 0.0
+        assert sample(registry, "circuit_breaker_rejections_total", breaker="b") == 4.0
+        assert sample(registry, "circuit_breaker_state", breaker="b", state="closed") == 1.0
+        assert sample(registry, "circuit_breaker_state", breaker="b", state="open") == 0.0
+        assert sample(registry, "circuit_breaker_state", breaker="b", state="half-open") == 0.0
+
+    def test_two_breakers_share_one_registry(self, registry: CollectorRegistry) -> None:
+        """Metrics are created once per registry: a second breaker raises no duplicate error."""
+        Breaker("a", registry=registry)
+        Breaker("b", registry=registry)
+        Breaker("a", registry=registry)
+        assert sample(registry, "circuit_breaker_rejections_total", breaker="a") == 0.0
+        assert sample(registry, "circuit_breaker_rejections_total", breaker="b") == 0.0
+
+    def test_no_spurious_closed_to_closed_transition(self, registry: CollectorRegistry) -> None:
+        """Successes and sub-threshold failures record no transition at all."""
+        breaker = Breaker("b", registry=registry)
+        for _ in range(3):
+            with pytest.raises(RuntimeError):
+                breaker.call(boom)
+            breaker.call(lambda: None)
+        text = generate_latest(registry).decode()
+        assert 'to_state="closed"} 0.0' in text
+        assert 'from_state="closed",to_state="closed"' not in text
+
+    def test_model_series_are_pre_initialised(self, registry: CollectorRegistry) -> None:
+        """A registered model has a zero failure series for every reason."""
+        Emitter(registry).emit(ModelRegistered(model="m"))
+        assert sample(registry, "prediction_success_total", model="m") == 0.0
+        for reason in Reason:
+            assert (
+                sample(registry, "prediction_failure_total", model="m", reason=reason.value) == 0.0
+            )
+        assert (
+            sample(registry, "model_integrity_failures_total", model="m", reason="missing") == 0.0
+        )
+
+    def test_prediction_failure_counts_by_reason(self, registry: CollectorRegistry) -> None:
+        """A PredictionFailed event increments exactly its reason's series."""
+        emitter = Emitter(registry)
+        emitter.emit(
+            PredictionFailed(
+                model="m", reason=Reason.TIMEOUT, error_type="TimeoutError", duration=0.1
+            )
+        )
+        assert sample(registry, "prediction_failure_total", model="m", reason="timeout") == 1.0
+        assert sample(registry, "prediction_failure_total", model="m", reason="internal") == 0.0
+
+    def test_namespace_prefixes_every_metric(self, registry: CollectorRegistry) -> None:
+        """prometheus_hook(namespace=...) prefixes metric names."""
+        set_on_event_hooks([prometheus_hook(namespace="svc")])
+        try:
+            Breaker("b", registry=registry)
+        finally:
+            set_on_event_hooks(None)
+        assert sample(registry, "svc_circuit_breaker_rejections_total", breaker="b") == 0.0
+        assert sample(registry, "circuit_breaker_rejections_total", breaker="b") is None
+
+
+class TestStructlog:
+    def test_events_have_documented_names_and_keys(
+        self, registry: CollectorRegistry, clock: time_machine.Traveller
+    ) -> None:
+        """Opening, rejecting and closing log clarity_resilience.* events with their fields."""
+        with structlog.testing.capture_logs() as logs:
+            breaker = Breaker("b", fail_max=1, registry=registry)
+            with pytest.raises(RuntimeError):
+                breaker.call(boom)
+            with pytest.raises(CircuitOpenError):
+                breaker.call(lambda: None)
+            clock.shift(60)
+            breaker.call(lambda: None)
+        by_name = {entry["event"]: entry for entry in logs}
+        assert list(by_name) == [
+            "clarity_resilience.breaker_registered",
+            "clarity_resilience.breaker_opened",
+            "clarity_resilience.call_rejected",
+            "clarity_resilience.breaker_half_opened",
+            "clarity_resilience.breaker_closed",
+        ]
+        opened = by_name["clarity_resilience.breaker_opened"]
+        assert opened["log_level"] == "warning"
+        assert (opened["breaker"], opened["old_state"], opened["new_state"]) == (
+            "b",
+            "closed",
+            "open",
+        )
+        rejected = by_name["clarity_resilience.call_rejected"]
+        assert rejected["retry_after"] == pytest.approx(60.0)
+        assert rejected["state"] == "open"
+
+    def test_reasons_are_logged_as_plain_strings(self) -> None:
+        """Reason codes reach logs as their string values, not enum reprs."""
+        with structlog.testing.capture_logs() as logs:
+            Emitter(CollectorRegistry()).emit(
+                PredictionFailed(model="m", reason=Reason.LOAD_ERROR, error_type="X", duration=0)
+            )
+        assert logs[0]["reason"] == "load_error"
+        assert type(logs[0]["reason"]) is str
+
+
+class TestHookConfiguration:
+    def test_defaults_are_prometheus_and_structlog(self) -> None:
+        """Without configuration, events go to Prometheus and structlog."""
+        assert get_on_event_hooks() == (PrometheusOnEventHook, StructlogOnEventHook)
+
+    def test_hooks_can_be_replaced_and_removed(self, registry: CollectorRegistry) -> None:
+        """An empty hook list turns instrumentation off; None restores the defaults."""
+        set_on_event_hooks([])
+        try:
+            Breaker("quiet", registry=registry)
+        finally:
+            set_on_event_hooks(None)
+        assert sample(registry, "circuit_breaker_rejections_total", breaker="quiet") is None
+        Breaker("loud", registry=registry)
+        assert sample(registry, "circuit_breaker_rejections_total", breaker="loud") == 0.0
+
+    def test_capture_events_restores_previous_hooks(self) -> None:
+        """capture_events records events and puts the previous hooks back afterwards."""
+        before = get_on_event_hooks()
+        with capture_events() as events:
+            Breaker("b", registry=CollectorRegistry())
+        assert [e.name for e in events] == ["clarity_resilience.breaker_registered"]
+        assert get_on_event_hooks() == before
+
+    def test_existing_emitters_notice_new_hooks(self) -> None:
+        """Changing hooks applies to breakers created before the change."""
+        breaker = Breaker("b", fail_max=1, registry=CollectorRegistry())
+        seen: list[Event] = []
+        set_on_event_hooks([seen.append])
+        try:
+            with pytest.raises(RuntimeError):
+                breaker.call(boom)
+        finally:
+            set_on_event_hooks(None)
+        assert [e.name for e in seen] == ["clarity_resilience.breaker_opened"]
+
+
+class TestLibraryHygiene:
+    def test_import_configures_nothing(self) -> None:
+        """Importing the package registers no metric, configures no logging, starts no thread."""
+        code = (
+            "import logging, sys, threading\n"
+            "import clarity_resilience, clarity_resilience.instrumentation\n"
+            "assert threading.active_count() == 1, threading.enumerate()\n"
+            "assert not logging.getLogger().handlers\n"
+            "assert 'prometheus_client' not in sys.modules, 'prometheus imported eagerly'\n"
+            "assert 'structlog' not in sys.modules, 'structlog imported eagerly'\n"
+            "for name in ('fastapi', 'starlette', 'flask', 'werkzeug', 'httpx', 'numpy',\n"
+            "             'safetensors', 'onnxruntime', 'torch', 'joblib', 'uvicorn', 'redis',\n"
+            "             'pybreaker'):\n"
+            "    assert name not in sys.modules, name\n"
+        )
+        subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
