@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from . import instrumentation, loaders
 from ._breaker import Breaker
+from ._guard import ModelGuard
 from ._integrity import load_verified, read_verified, sha256_file
 from ._manifest import Manifest, ManifestEntry
 from ._reasons import Reason
@@ -35,6 +36,7 @@ __all__ = [
     "Manifest",
     "ManifestEntry",
     "ManifestError",
+    "ModelGuard",
     "ModelLoadError",
     "ModelUnavailableError",
     "Reason",

@@ -1,0 +1,448 @@
+"""ModelGuard: one model, its expected digest, a loader, a breaker, and last known good.
+
+The serving model lives in one immutable record swapped by a single reference
+assignment, so every prediction reads exactly one complete model, and a reload that
+fails verification or loading never replaces what is serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import inspect
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from ._breaker import Breaker
+from ._integrity import deserialize_verified, normalize_sha256, read_verified
+from ._reasons import INTEGRITY_REASONS, Reason
+from .exceptions import (
+    ClarityResilienceError,
+    InvalidInputError,
+    ModelUnavailableError,
+)
+from .instrumentation import (
+    Emitter,
+    ModelRegistered,
+    PredictionFailed,
+    PredictionSucceeded,
+    ReloadPromoted,
+    ReloadRefused,
+)
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from ._manifest import Manifest
+    from .sources import HttpSource
+
+__all__ = ["ModelGuard"]
+
+M = TypeVar("M")
+R = TypeVar("R")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Target:
+    """Where a model version comes from and what its bytes must hash to."""
+
+    path: str | None
+    sha256: str
+    size: int | None
+    version: str | None
+    manifest: Manifest | None = None
+    entry: str | None = None
+    source: HttpSource | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Serving(Generic[M]):
+    """The verified model that is serving, with what it was verified against."""
+
+    model: M
+    target: _Target
+    loaded_at: float
+
+
+class ModelGuard(Generic[M]):
+    """Serve one model only from verified bytes, under a circuit breaker.
+
+    Give exactly one origin: ``path`` + ``sha256`` (a file), ``manifest`` + ``path``
+    (a directory; ``entry`` names the file to load when the manifest lists several), or
+    ``source`` (a remote artifact such as :class:`~clarity_resilience.sources.HttpSource`).
+
+    Args:
+        name: The model's name: the ``model`` metric label and the breaker's name.
+        path: The model file, or with ``manifest`` the model directory.
+        sha256: The expected digest of the file.
+        size: The expected size of the file in bytes (checked before hashing).
+        manifest: A :class:`~clarity_resilience.Manifest` (or the path of one).
+        entry: Which manifest entry to load.
+        source: A remote source with ``fetch()``, ``path``, ``sha256`` and ``size``.
+        version: A version string to report (defaults to the manifest's version).
+        loader: Turns verified bytes into the model (default: ``loaders.auto``).
+        breaker: The breaker for loads and predictions (default: a new one, same name).
+        registry: The Prometheus registry to record into (default registry if None).
+        invalid_input: Exception types that ``fn`` raises for bad input; re-raised as
+            :class:`InvalidInputError`, which breakers ignore.
+        unavailable_retry_after: ``Retry-After`` seconds while nothing has loaded yet.
+        integrity_retry_after: ``Retry-After`` seconds when the last load failed
+            integrity checks and nothing good is serving.
+
+    Raises:
+        ValueError: The origin is missing, ambiguous or incomplete.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        sha256: str | None = None,
+        size: int | None = None,
+        manifest: Manifest | str | os.PathLike[str] | None = None,
+        entry: str | None = None,
+        source: HttpSource | None = None,
+        version: str | None = None,
+        loader: Callable[[bytes], M] | None = None,
+        breaker: Breaker | None = None,
+        registry: CollectorRegistry | None = None,
+        invalid_input: Iterable[type[Exception]] = (),
+        unavailable_retry_after: float = 5.0,
+        integrity_retry_after: float = 300.0,
+    ) -> None:
+        if not name or not isinstance(name, str):
+            raise ValueError(f"name must be a non-empty str, got {name!r}")
+        self.name = name
+        self.loader = loader
+        self.registry = registry
+        self.breaker = breaker if breaker is not None else Breaker(name, registry=registry)
+        self.invalid_input = tuple(invalid_input)
+        self.unavailable_retry_after = float(unavailable_retry_after)
+        self.integrity_retry_after = float(integrity_retry_after)
+        self._target = _make_target(path, sha256, size, manifest, entry, source, version)
+        self._serving: _Serving[M] | None = None
+        self._last_error: ClarityResilienceError | None = None
+        self._load_lock = threading.Lock()
+        self._emitter = Emitter(registry)
+        self._emitter.emit(ModelRegistered(model=name))
+
+    # -- state ----------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """Return whether a verified model is serving."""
+        return self._serving is not None
+
+    @property
+    def model(self) -> M:
+        """Return the verified model that is serving.
+
+        Raises:
+            ModelUnavailableError: Nothing verified has been loaded (yet).
+        """
+        serving = self._serving
+        if serving is None:
+            raise self._unavailable()
+        return serving.model
+
+    def status(self) -> dict[str, Any]:
+        """Return a summary that is safe to show operators (no paths, digest prefix only)."""
+        serving = self._serving
+        return {
+            "model": self.name,
+            "ready": serving is not None,
+            "sha256": serving.target.sha256[:12] if serving else None,
+            "version": serving.target.version if serving else None,
+            "breaker": self.breaker.state,
+            "last_error": str(self._last_error.reason) if self._last_error else None,
+        }
+
+    # -- loading --------------------------------------------------------------------
+
+    def load(self) -> M:
+        """Verify and load the configured model, and serve it.
+
+        While nothing is serving, the load runs under the breaker (repeated failures
+        open it, and callers are told when to retry). When a model is serving this is
+        :meth:`reload` of the configured origin.
+
+        Raises:
+            IntegrityError: The bytes failed verification; nothing new is served.
+            ModelLoadError: The loader rejected the verified bytes.
+            CircuitOpenError: Loads keep failing and the breaker is open.
+        """
+        return self._swap(self._target)
+
+    def reload(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        sha256: str | None = None,
+        *,
+        size: int | None = None,
+        manifest: Manifest | str | os.PathLike[str] | None = None,
+        entry: str | None = None,
+        source: HttpSource | None = None,
+        version: str | None = None,
+    ) -> M:
+        """Verify and load a new version off the serving path, then swap atomically.
+
+        Predictions keep using the serving model while the new one loads, and switch to
+        it in one step. A version that fails is refused: the last known good model keeps
+        serving, and the refusal is audited (``reload_refused``) and counted.
+
+        With no arguments the configured origin is loaded again (e.g. a file rewritten
+        in place with the same expected digest is refused). Pass ``path``/``sha256`` for
+        a new file version, ``manifest`` (with ``path`` and ``entry``) for a new manifest,
+        or ``source`` for a new remote artifact.
+
+        Raises:
+            IntegrityError, ModelLoadError: The new version was refused.
+            ValueError: The arguments do not describe one origin.
+        """
+        current = self._target
+        if manifest is not None or source is not None:
+            target = _make_target(path, None, size, manifest, entry, source, version)
+        elif (current.manifest is not None or current.source is not None) and (
+            sha256 is not None or size is not None
+        ):
+            raise ValueError("a manifest or source fixes the digest; pass manifest= or source=")
+        else:
+            changed = path is not None or sha256 is not None
+            target = dataclasses.replace(
+                current,
+                path=os.fspath(path) if path is not None else current.path,
+                sha256=normalize_sha256(sha256) if sha256 is not None else current.sha256,
+                size=size if size is not None or not changed else None,
+                version=version if version is not None else current.version,
+            )
+        return self._swap(target)
+
+    async def load_async(self) -> M:
+        """Run :meth:`load` in a worker thread: hashing never blocks the event loop."""
+        return await asyncio.to_thread(self.load)
+
+    async def reload_async(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        sha256: str | None = None,
+        **kwargs: Any,
+    ) -> M:
+        """Run :meth:`reload` in a worker thread (same arguments)."""
+        return await asyncio.to_thread(functools.partial(self.reload, path, sha256, **kwargs))
+
+    def _swap(self, target: _Target) -> M:
+        with self._load_lock:  # one load at a time; predictions never take this lock
+            serving = self._serving
+            try:
+                if serving is None:
+                    model = self.breaker.call(self._load_target, target)
+                else:
+                    # A refused reload must not open the breaker of a healthy model.
+                    model = self._load_target(target)
+            except ClarityResilienceError as e:
+                self._last_error = e
+                if serving is not None:
+                    self._emitter.emit(
+                        ReloadRefused(
+                            model=self.name, reason=e.reason, serving_sha256=serving.target.sha256
+                        )
+                    )
+                raise
+            self._serving = _Serving(model=model, target=target, loaded_at=time.time())
+            self._target = target
+            self._last_error = None
+            if serving is not None:
+                self._emitter.emit(
+                    ReloadPromoted(
+                        model=self.name,
+                        old_sha256=serving.target.sha256,
+                        new_sha256=target.sha256,
+                        version=target.version,
+                    )
+                )
+            return model
+
+    def _load_target(self, target: _Target) -> M:
+        return deserialize_verified(
+            lambda: self._read(target),
+            loader=self.loader,
+            sha256=target.sha256,
+            model=self.name,
+            registry=self.registry,
+            version=target.version,
+        )
+
+    def _read(self, target: _Target) -> bytes:
+        """Return the verified bytes of ``target`` (one read, one hash)."""
+        if target.manifest is not None:
+            assert target.path is not None
+            assert target.entry is not None
+            return target.manifest.read_entry(
+                target.path, target.entry, model=self.name, registry=self.registry
+            )
+        path = target.path
+        if target.source is not None:
+            cached = target.source.path
+            # A cached copy is read (and verified) once; otherwise fetch verifies the
+            # download and the bytes are read and verified again on their way in.
+            path = os.fspath(cached if os.path.isfile(cached) else target.source.fetch())
+        assert path is not None
+        return read_verified(
+            path, sha256=target.sha256, size=target.size, model=self.name, registry=self.registry
+        )
+
+    # -- predicting -----------------------------------------------------------------
+
+    def predict(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
+        """Run ``fn(model, *args, **kwargs)`` on the serving model, under the breaker.
+
+        Raises:
+            ModelUnavailableError: Nothing verified is serving.
+            CircuitOpenError: The breaker is open.
+            InvalidInputError: ``fn`` rejected its input (the breaker ignores it).
+            Exception: Whatever ``fn`` raised, counted as a failure.
+        """
+        start = time.perf_counter()
+        serving = self._serving  # one read: the whole call uses this one model
+        try:
+            if serving is None:
+                raise self._unavailable()
+            result = self.breaker.call(self._run, fn, serving.model, args, kwargs)
+        except Exception as exc:
+            self._failed(exc, start)
+            raise
+        self._emitter.emit(PredictionSucceeded(model=self.name, duration=_since(start)))
+        return result
+
+    async def predict_async(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Await ``fn(model, *args, **kwargs)`` under the breaker.
+
+        ``fn`` may be ``async def``; a plain function runs in a worker thread so that
+        inference never blocks the event loop. Cancellation is not a failure.
+        """
+        start = time.perf_counter()
+        serving = self._serving
+        try:
+            if serving is None:
+                raise self._unavailable()
+            if inspect.iscoroutinefunction(fn):
+                result = await self.breaker.call_async(
+                    self._run_async, fn, serving.model, args, kwargs
+                )
+            else:
+                result = await self.breaker.call_async(
+                    asyncio.to_thread, self._run, fn, serving.model, args, kwargs
+                )
+        except Exception as exc:
+            self._failed(exc, start)
+            raise
+        self._emitter.emit(PredictionSucceeded(model=self.name, duration=_since(start)))
+        return result
+
+    def _run(
+        self, fn: Callable[..., R], model: M, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> R:
+        try:
+            return fn(model, *args, **kwargs)
+        except self.invalid_input as e:
+            raise InvalidInputError(str(e) or type(e).__name__) from e
+
+    async def _run_async(
+        self,
+        fn: Callable[..., Awaitable[R]],
+        model: M,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> R:
+        try:
+            return await fn(model, *args, **kwargs)
+        except self.invalid_input as e:
+            raise InvalidInputError(str(e) or type(e).__name__) from e
+
+    def _failed(self, exc: Exception, start: float) -> None:
+        self._emitter.emit(
+            PredictionFailed(
+                model=self.name,
+                reason=_reason_of(exc),
+                error_type=type(exc).__name__,
+                duration=_since(start),
+            )
+        )
+
+    def _unavailable(self) -> ModelUnavailableError:
+        last = self._last_error
+        if last is not None and last.reason in INTEGRITY_REASONS:
+            error = ModelUnavailableError(
+                f"model {self.name!r} failed integrity checks ({last.reason}); nothing serves",
+                retry_after=self.integrity_retry_after,
+                reason=last.reason,
+            )
+        else:
+            error = ModelUnavailableError(
+                f"model {self.name!r} has no verified version loaded",
+                retry_after=self.unavailable_retry_after,
+            )
+        error.__cause__ = last
+        return error
+
+    def __repr__(self) -> str:
+        state = "ready" if self.ready else "unavailable"
+        return f"<ModelGuard {self.name!r} {state} breaker={self.breaker.state!r}>"
+
+
+def _reason_of(exc: BaseException) -> Reason:
+    if isinstance(exc, ClarityResilienceError):
+        return exc.reason
+    if isinstance(exc, TimeoutError):
+        return Reason.TIMEOUT
+    return Reason.INTERNAL
+
+
+def _since(start: float) -> float:
+    return time.perf_counter() - start
+
+
+def _make_target(  # noqa: PLR0917 - private; mirrors the constructor's keywords
+    path: str | os.PathLike[str] | None,
+    sha256: str | None,
+    size: int | None,
+    manifest: Manifest | str | os.PathLike[str] | None,
+    entry: str | None,
+    source: HttpSource | None,
+    version: str | None,
+) -> _Target:
+    origins = sum(x is not None for x in (sha256, manifest, source))
+    if origins != 1:
+        raise ValueError("give exactly one of sha256= (with path=), manifest= or source=")
+    if source is not None:
+        if path is not None:
+            raise ValueError("source= brings its own path; do not pass path=")
+        return _Target(None, source.sha256, source.size, version, source=source)
+    if path is None:
+        raise ValueError("path= is required with sha256= (the file) or manifest= (the directory)")
+    if sha256 is not None:
+        return _Target(os.fspath(path), normalize_sha256(sha256), size, version)
+    from ._manifest import Manifest
+
+    assert manifest is not None
+    loaded = manifest if isinstance(manifest, Manifest) else Manifest.read(manifest)
+    if entry is None:
+        if len(loaded.entries) != 1:
+            raise ValueError(f"the manifest lists {len(loaded.entries)} files; pass entry=")
+        entry = next(iter(loaded.entries))
+    if entry not in loaded.entries:
+        raise ValueError(f"entry {entry!r} is not in the manifest")
+    item = loaded.entries[entry]
+    return _Target(
+        os.fspath(path),
+        item.sha256,
+        item.size,
+        version if version is not None else loaded.version,
+        manifest=loaded,
+        entry=entry,
+    )

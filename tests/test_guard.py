@@ -1,0 +1,426 @@
+"""Tests for clarity_resilience.ModelGuard: verified loads, last known good, predictions."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import pathlib
+import threading
+from typing import Any
+
+import numpy as np
+import pytest
+import time_machine
+from prometheus_client import CollectorRegistry
+from safetensors.numpy import save
+
+import clarity_resilience as cr
+from clarity_resilience.instrumentation import Event, IntegrityCheckPassed, set_on_event_hooks
+
+T0 = dt.datetime(2026, 11, 21, 12, 0, 0, tzinfo=dt.UTC)
+
+
+def model_bytes(value: float, n: int = 64) -> bytes:
+    """A real safetensors model whose every weight equals ``value``."""
+    return save({"w": np.full((n, n), value, np.float32), "b": np.full(n, value, np.float32)})
+
+
+def write(path: pathlib.Path, data: bytes) -> str:
+    path.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def total(model: dict[str, np.ndarray]) -> float:
+    """A prediction that depends on every weight: a half-swapped model would show."""
+    return float(sum(float(t.sum()) for t in model.values()))
+
+
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    return registry.get_sample_value(name, labels)
+
+
+@pytest.fixture
+def model_file(tmp_path: pathlib.Path) -> tuple[pathlib.Path, str]:
+    path = tmp_path / "model.safetensors"
+    return path, write(path, model_bytes(1.0))
+
+
+def make_guard(
+    path: pathlib.Path, sha256: str, registry: CollectorRegistry, **kwargs: Any
+) -> cr.ModelGuard[dict[str, np.ndarray]]:
+    return cr.ModelGuard(
+        "m", path=path, sha256=sha256, loader=cr.loaders.safetensors, registry=registry, **kwargs
+    )
+
+
+class TestLoad:
+    def test_nothing_serves_before_load(
+        self, model_file: tuple[pathlib.Path, str], registry: CollectorRegistry
+    ) -> None:
+        """Before a verified load, model raises ModelUnavailableError with a short retry."""
+        guard = make_guard(*model_file, registry)
+        assert not guard.ready
+        with pytest.raises(cr.ModelUnavailableError) as info:
+            _ = guard.model
+        assert info.value.reason == cr.Reason.UNAVAILABLE
+        assert info.value.retry_after == 5.0
+
+    def test_load_serves_the_verified_model(
+        self, model_file: tuple[pathlib.Path, str], registry: CollectorRegistry
+    ) -> None:
+        """A verified load serves the model and records load and check durations."""
+        guard = make_guard(*model_file, registry)
+        guard.load()
+        assert guard.ready
+        assert total(guard.model) == 64 * 64 + 64
+        assert sample(registry, "model_load_duration_seconds_count", model="m") == 1.0
+        assert sample(registry, "checksum_verification_duration_seconds_count", model="m") == 1.0
+
+    def test_corrupted_file_is_refused_and_nothing_serves(
+        self, model_file: tuple[pathlib.Path, str], registry: CollectorRegistry
+    ) -> None:
+        """A tampered file never loads; the guard reports the integrity reason and a long retry."""
+        path, digest = model_file
+        data = bytearray(path.read_bytes())
+        data[100] ^= 0x01
+        path.write_bytes(data)
+        guard = make_guard(path, digest, registry)
+        with pytest.raises(cr.ChecksumMismatchError):
+            guard.load()
+        with pytest.raises(cr.ModelUnavailableError) as info:
+            _ = guard.model
+        assert info.value.reason == cr.Reason.CHECKSUM_MISMATCH
+        assert info.value.retry_after == 300.0
+        assert guard.status()["last_error"] == "checksum_mismatch"
+        assert (
+            sample(
+                registry, "model_integrity_failures_total", model="m", reason="checksum_mismatch"
+            )
+            == 1.0
+        )
+
+    def test_loader_failure_is_a_model_load_error(
+        self, tmp_path: pathlib.Path, registry: CollectorRegistry
+    ) -> None:
+        """Verified bytes the loader rejects raise ModelLoadError; nothing serves."""
+        path = tmp_path / "not-a-model.bin"
+        digest = write(path, b"\x00" * 32)
+        guard = make_guard(path, digest, registry)
+        with pytest.raises(cr.ModelLoadError):
+            guard.load()
+        assert not guard.ready
+
+    def test_repeated_load_failures_open_the_breaker(
+        self, model_file: tuple[pathlib.Path, str], registry: CollectorRegistry
+    ) -> None:
+        """While nothing serves, five failed loads open the breaker and the sixth is rejected."""
+        path, digest = model_file
+        path.unlink()
+        guard = make_guard(path, digest, registry)
+        with time_machine.travel(T0, tick=False):
+            for _ in range(5):
+                with pytest.raises(cr.IntegrityError):
+                    guard.load()
+            with pytest.raises(cr.CircuitOpenError) as info:
+                guard.load()
+        assert info.value.retry_after == pytest.approx(60.0)
+
+    def test_load_async_hashes_off_the_event_loop(
+        self, model_file: tuple[pathlib.Path, str], registry: CollectorRegistry
+    ) -> None:
+        """load_async verifies in a worker thread, never on the event loop's thread."""
+        guard = make_guard(*model_file, registry)
+        threads: list[str] = []
+
+        def hook(event: Event) -> None:
+            if isinstance(event, IntegrityCheckPassed):
+                threads.append(threading.current_thread().name)
+
+        async def main() -> str:
+            await guard.load_async()
+            return threading.current_thread().name
+
+        set_on_event_hooks([hook])
+        try:
+            loop_thread = asyncio.run(main())
+        finally:
+            set_on_event_hooks(None)
+        assert guard.ready
+        assert threads
+        assert loop_thread not in threads
+
+
+class TestReload:
+    def test_refused_reload_keeps_last_known_good(
+        self,
+        model_file: tuple[pathlib.Path, str],
+        registry: CollectorRegistry,
+        events: list[Event],
+    ) -> None:
+        """A file rewritten in place is refused; the same model object keeps serving."""
+        path, digest = model_file
+        guard = make_guard(path, digest, registry)
+        guard.load()
+        serving = guard.model
+        path.write_bytes(model_bytes(2.0))
+        with pytest.raises(cr.ChecksumMismatchError):
+            guard.reload()
+        assert guard.model is serving
+        refused = [e for e in events if isinstance(e, cr.instrumentation.ReloadRefused)]
+        assert len(refused) == 1
+        assert refused[0].reason == cr.Reason.CHECKSUM_MISMATCH
+        assert refused[0].serving_sha256 == digest
+
+    def test_refused_reloads_do_not_open_the_breaker(
+        self, model_file: tuple[pathlib.Path, str], registry: CollectorRegistry
+    ) -> None:
+        """Ten refused reloads leave a healthy model's breaker closed and predictions flowing."""
+        path, digest = model_file
+        guard = make_guard(path, digest, registry)
+        guard.load()
+        path.write_bytes(b"garbage")
+        for _ in range(10):
+            with pytest.raises(cr.IntegrityError):
+                guard.reload()
+        assert guard.breaker.state == "closed"
+        assert guard.predict(total) == 64 * 64 + 64
+
+    def test_good_reload_promotes(
+        self,
+        model_file: tuple[pathlib.Path, str],
+        tmp_path: pathlib.Path,
+        registry: CollectorRegistry,
+        events: list[Event],
+    ) -> None:
+        """A verified new version replaces the old one and is audited as promoted."""
+        guard = make_guard(*model_file, registry)
+        guard.load()
+        new = tmp_path / "v2.safetensors"
+        new_digest = write(new, model_bytes(2.0))
+        guard.reload(new, new_digest, version="v2")
+        assert guard.predict(total) == 2 * (64 * 64 + 64)
+        assert guard.status()["version"] == "v2"
+        assert guard.status()["sha256"] == new_digest[:12]
+        promoted = [e for e in events if isinstance(e, cr.instrumentation.ReloadPromoted)]
+        assert promoted[0].new_sha256 == new_digest
+
+    def test_reload_under_concurrent_predictions(
+        self, model_file: tuple[pathlib.Path, str], tmp_path: pathlib.Path
+    ) -> None:
+        """8 threads predict through 20 reloads: no failure, each answer from one whole model."""
+        guard = make_guard(*model_file, CollectorRegistry())
+        guard.load()
+        versions = []
+        for i in range(2, 6):
+            path = tmp_path / f"v{i}.safetensors"
+            versions.append((path, write(path, model_bytes(float(i)))))
+        allowed = {float(i) * (64 * 64 + 64) for i in range(1, 6)}
+        stop = threading.Event()
+        answers: list[float] = []
+        failures: list[BaseException] = []
+
+        def client() -> None:
+            while not stop.is_set():
+                try:
+                    answers.append(guard.predict(total))
+                except Exception as e:  # recorded, asserted below
+                    failures.append(e)
+
+        threads = [threading.Thread(target=client) for _ in range(8)]
+        for t in threads:
+            t.start()
+        try:
+            for i in range(20):
+                guard.reload(*versions[i % len(versions)])
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(timeout=10)
+        assert failures == []
+        assert answers
+        assert set(answers) <= allowed
+        assert len(set(answers)) > 1  # the swaps really happened under load
+
+    def test_reload_argument_checks(
+        self, model_file: tuple[pathlib.Path, str], registry: CollectorRegistry
+    ) -> None:
+        """A manifest-backed guard refuses a bare sha256 on reload."""
+        path, _ = model_file
+        manifest = cr.Manifest.build(path.parent)
+        guard = cr.ModelGuard(
+            "m", path=path.parent, manifest=manifest, loader=cr.loaders.safetensors
+        )
+        with pytest.raises(ValueError, match="manifest"):
+            guard.reload(sha256="0" * 64)
+
+
+class TestOrigins:
+    def test_manifest_entry(self, tmp_path: pathlib.Path, registry: CollectorRegistry) -> None:
+        """A manifest entry loads through the manifest's digest and size; tampering is refused."""
+        directory = tmp_path / "model"
+        directory.mkdir()
+        write(directory / "weights.safetensors", model_bytes(3.0))
+        (directory / "config.json").write_text("{}")
+        manifest_path = tmp_path / "SHA256SUMS"
+        cr.Manifest.build(directory).write(manifest_path, format="json")
+        guard = cr.ModelGuard(
+            "m",
+            path=directory,
+            manifest=manifest_path,
+            entry="weights.safetensors",
+            loader=cr.loaders.safetensors,
+            registry=registry,
+        )
+        guard.load()
+        assert guard.predict(total) == 3 * (64 * 64 + 64)
+        (directory / "weights.safetensors").write_bytes(model_bytes(4.0))
+        with pytest.raises(cr.ChecksumMismatchError):
+            guard.reload()
+        assert guard.predict(total) == 3 * (64 * 64 + 64)
+
+    @pytest.mark.parametrize(
+        ("kwargs", "match"),
+        [
+            pytest.param({}, "exactly one", id="no-origin"),
+            pytest.param({"sha256": "0" * 64}, "path", id="digest-without-path"),
+            pytest.param(
+                {"sha256": "0" * 64, "manifest": "x", "path": "p"}, "exactly one", id="two"
+            ),
+            pytest.param({"sha256": "xyz", "path": "p"}, "64 hex", id="bad-digest"),
+        ],
+    )
+    def test_bad_origins_are_refused(self, kwargs: dict[str, Any], match: str) -> None:
+        """The guard needs exactly one complete origin."""
+        with pytest.raises(ValueError, match=match):
+            cr.ModelGuard("m", **kwargs)
+
+    def test_manifest_with_several_files_needs_entry(self, tmp_path: pathlib.Path) -> None:
+        """Which file to load is never guessed."""
+        (tmp_path / "a").write_bytes(b"a")
+        (tmp_path / "b").write_bytes(b"b")
+        with pytest.raises(ValueError, match="entry="):
+            cr.ModelGuard("m", path=tmp_path, manifest=cr.Manifest.build(tmp_path))
+
+
+class TestPredict:
+    def test_success_and_failure_are_counted(
+        self, model_file: tuple[pathlib.Path, str], registry: CollectorRegistry
+    ) -> None:
+        """Predictions count successes and failures by reason."""
+        guard = make_guard(*model_file, registry)
+        guard.load()
+        guard.predict(total)
+
+        def broken(model: object) -> None:
+            raise RuntimeError("kernel crashed")
+
+        with pytest.raises(RuntimeError):
+            guard.predict(broken)
+        assert sample(registry, "prediction_success_total", model="m") == 1.0
+        assert sample(registry, "prediction_failure_total", model="m", reason="internal") == 1.0
+
+    def test_unavailable_prediction_is_counted(
+        self, model_file: tuple[pathlib.Path, str], registry: CollectorRegistry
+    ) -> None:
+        """A prediction with nothing loaded is denied and counted as unavailable."""
+        guard = make_guard(*model_file, registry)
+        with pytest.raises(cr.ModelUnavailableError):
+            guard.predict(total)
+        assert sample(registry, "prediction_failure_total", model="m", reason="unavailable") == 1
+
+    def test_failures_open_the_breaker(
+        self, model_file: tuple[pathlib.Path, str], registry: CollectorRegistry
+    ) -> None:
+        """Five failing predictions open the breaker; later ones are denied as breaker_open."""
+        guard = make_guard(*model_file, registry)
+        guard.load()
+
+        def broken(model: object) -> None:
+            raise RuntimeError
+
+        with time_machine.travel(T0, tick=False) as clock:
+            for _ in range(5):
+                with pytest.raises(RuntimeError):
+                    guard.predict(broken)
+            with pytest.raises(cr.CircuitOpenError):
+                guard.predict(total)
+            assert (
+                sample(registry, "prediction_failure_total", model="m", reason="breaker_open")
+                == 1.0
+            )
+            clock.shift(60)
+            assert guard.predict(total) == 64 * 64 + 64
+        assert guard.breaker.state == "closed"
+
+    @pytest.mark.parametrize(
+        "error",
+        [
+            pytest.param(cr.InvalidInputError("wrong shape"), id="invalid-input-error"),
+            pytest.param(ValueError("not finite"), id="configured-value-error"),
+        ],
+    )
+    def test_bad_input_never_trips_the_breaker(
+        self,
+        model_file: tuple[pathlib.Path, str],
+        registry: CollectorRegistry,
+        error: Exception,
+    ) -> None:
+        """100 bad inputs raise InvalidInputError, count as invalid_input, trip nothing."""
+        guard = make_guard(*model_file, registry, invalid_input=[ValueError])
+        guard.load()
+
+        def reject(model: object) -> None:
+            raise error
+
+        for _ in range(100):
+            with pytest.raises(cr.InvalidInputError):
+                guard.predict(reject)
+        assert guard.breaker.state == "closed"
+        assert guard.breaker.fail_counter == 0
+        assert (
+            sample(registry, "prediction_failure_total", model="m", reason="invalid_input")
+            == 100.0
+        )
+
+    def test_predict_async_runs_sync_functions_in_a_thread(
+        self, model_file: tuple[pathlib.Path, str], registry: CollectorRegistry
+    ) -> None:
+        """A plain function given to predict_async runs off the event loop thread."""
+        guard = make_guard(*model_file, registry)
+        guard.load()
+
+        def where(model: object) -> str:
+            return threading.current_thread().name
+
+        async def how(model: dict[str, np.ndarray], scale: float) -> float:
+            await asyncio.sleep(0)
+            return total(model) * scale
+
+        async def main() -> tuple[str, str, float]:
+            worker = await guard.predict_async(where)
+            scaled = await guard.predict_async(how, 2.0)
+            return threading.current_thread().name, worker, scaled
+
+        loop_thread, worker_thread, scaled = asyncio.run(main())
+        assert worker_thread != loop_thread
+        assert scaled == 2 * (64 * 64 + 64)
+        assert sample(registry, "prediction_success_total", model="m") == 2.0
+
+    def test_status_is_safe_to_show(
+        self, model_file: tuple[pathlib.Path, str], registry: CollectorRegistry
+    ) -> None:
+        """status() carries no path and only a digest prefix."""
+        path, digest = model_file
+        guard = make_guard(path, digest, registry)
+        guard.load()
+        status = guard.status()
+        assert status == {
+            "model": "m",
+            "ready": True,
+            "sha256": digest[:12],
+            "version": None,
+            "breaker": "closed",
+            "last_error": None,
+        }
+        assert str(path) not in repr(status)
