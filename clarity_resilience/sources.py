@@ -1,0 +1,427 @@
+"""Remote artifact sources: fetch a model over HTTP into a verified local cache.
+
+:class:`HttpSource` downloads one artifact whose SHA-256 is known in advance. The bytes
+are hashed while they stream into a temporary file in the cache directory; only a
+download whose digest and size match is renamed (atomically) to its final name, which
+is derived from the digest. A failed or killed download never leaves a file that looks
+complete, and a stale file can never be taken for another version. Loading still goes
+through :func:`~clarity_resilience.read_verified`, which verifies the bytes it loads.
+
+Transient failures (connect errors, timeouts, broken or truncated responses, HTTP 5xx
+and 429) are retried with stamina (exponential backoff plus jitter, bounded attempts);
+nothing else is. Requires the ``http`` extra (``httpx`` and ``stamina``), imported only
+when a source is created.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import email.utils
+import hashlib
+import hmac
+import math
+import os
+import pathlib
+import secrets
+import threading
+import time
+import urllib.parse
+from typing import TYPE_CHECKING
+
+from ._integrity import UNNAMED, normalize_sha256, verify_file
+from ._reasons import Reason
+from .exceptions import (
+    ChecksumMismatchError,
+    ClarityResilienceError,
+    IntegrityError,
+    SizeMismatchError,
+)
+from .instrumentation import Emitter, IntegrityCheckFailed, IntegrityCheckPassed
+
+if TYPE_CHECKING:
+    import httpx
+    from prometheus_client import CollectorRegistry
+
+__all__ = ["HttpSource"]
+
+# O_EXCL: a unique temporary file that no other process (or symlink) already holds.
+_TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+
+
+class _MissingExtraError(ClarityResilienceError, ImportError):
+    """The ``http`` extra is not installed (both a library error and an ImportError)."""
+
+
+class _StatusError(Exception):
+    """A non-2xx response, raised inside an attempt so the retry policy can judge it."""
+
+    def __init__(self, status: int, retry_after: float | None) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+        self.retry_after = retry_after
+
+
+def _require_extra() -> None:
+    try:
+        import httpx  # noqa: F401
+        import stamina  # noqa: F401
+    except ImportError as e:
+        raise _MissingExtraError(
+            f"HttpSource needs {e.name or 'httpx and stamina'}: "
+            "pip install 'clarity-resilience[http]'"
+        ) from e
+
+
+def _redact(url: str) -> str:
+    """Return ``url`` without credentials, query or fragment (presigned URLs carry secrets)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    netloc = host if parts.port is None else f"{host}:{parts.port}"
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _parse_retry_after(value: str | None, cap: float) -> float | None:
+    """Return a ``Retry-After`` header (seconds or HTTP date) in seconds, clamped to ``cap``."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = (when - dt.datetime.now(dt.UTC)).total_seconds()
+    if not math.isfinite(seconds):
+        return None
+    return min(max(seconds, 0.0), cap)
+
+
+def _is_transient(exc: Exception) -> bool | float:
+    """Decide whether stamina retries ``exc``; a float is a server-given backoff."""
+    import httpx
+
+    if isinstance(exc, _StatusError):
+        if exc.status == 429 or 500 <= exc.status <= 599:
+            return True if exc.retry_after is None else exc.retry_after
+        return False
+    return isinstance(exc, httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError)
+
+
+def _check_number(name: str, value: object, *, integer: bool = False, least: float = 0) -> None:
+    """Raise ``ValueError`` unless ``value`` is None or a number (an int) ``>= least``."""
+    if value is None:
+        return
+    kind = int if integer else int | float
+    if isinstance(value, bool) or not isinstance(value, kind) or not value >= least:
+        what = "an int" if integer else "a number"
+        raise ValueError(f"{name} must be {what} >= {least}, got {value!r}")
+
+
+class HttpSource:
+    """An artifact fetched over HTTP(S) into a local cache, verified by SHA-256.
+
+    Args:
+        url: ``http://`` or ``https://`` address of the artifact.
+        sha256: The expected SHA-256 hex digest of the artifact.
+        size: The expected size in bytes; caps the download and must match exactly.
+        cache_dir: Directory of verified downloads (created if missing). Partial
+            downloads are written there too, so the final rename is atomic.
+        max_size: Cap on the download when ``size`` is unknown (``None``: no cap).
+        timeout: Seconds allowed to connect and for each read (or write) on the socket.
+        attempts: Total attempts for transient failures (1 disables retries).
+        wait_initial: Backoff before the first retry, in seconds (doubles each retry).
+        wait_max: Longest backoff between attempts, also for a server's ``Retry-After``.
+        wait_jitter: Largest random jitter added to each backoff, in seconds.
+        client: An ``httpx.Client`` to use (not closed by the source). By default the
+            source creates one on first download, follows redirects, and closes it in
+            :meth:`close`.
+        model: The ``model`` label for metrics and audit events.
+        registry: The Prometheus registry to record into (default registry if None).
+        filename: Appended to the digest in the cache file name, e.g. ``model.onnx``.
+
+    Raises:
+        ValueError: A non-HTTP(S) URL, a malformed digest, or a bad argument.
+        ClarityResilienceError: ``httpx`` or ``stamina`` is not installed (it is also an
+            ``ImportError``).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        sha256: str,
+        size: int | None = None,
+        cache_dir: str | os.PathLike[str],
+        max_size: int | None = None,
+        timeout: float = 5.0,
+        attempts: int = 3,
+        wait_initial: float = 0.1,
+        wait_max: float = 5.0,
+        wait_jitter: float = 1.0,
+        client: httpx.Client | None = None,
+        model: str = UNNAMED,
+        registry: CollectorRegistry | None = None,
+        filename: str | None = None,
+    ) -> None:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"url must be an http:// or https:// URL, got {_redact(url)!r}")
+        for arg, count in (("size", size), ("max_size", max_size), ("attempts", attempts)):
+            _check_number(arg, count, integer=True, least=1 if arg == "attempts" else 0)
+        for arg, seconds in (("wait_initial", wait_initial), ("wait_max", wait_max),
+                             ("wait_jitter", wait_jitter), ("timeout", timeout)):  # fmt: skip
+            _check_number(arg, seconds, least=1e-3 if arg == "timeout" else 0)
+        if size is not None and max_size is not None and size > max_size:
+            raise ValueError(f"size {size} exceeds max_size {max_size}")
+        if filename is not None and (
+            filename in ("", ".", "..") or os.path.basename(filename) != filename
+            or "\0" in filename or (os.altsep is not None and os.altsep in filename)
+        ):  # fmt: skip
+            raise ValueError(f"filename must be a plain file name, got {filename!r}")
+        _require_extra()
+        import httpx
+
+        try:
+            httpx.URL(url)
+        except httpx.InvalidURL as e:
+            raise ValueError(f"invalid url {_redact(url)!r}: {e}") from e
+
+        self.url = url
+        self.sha256 = normalize_sha256(sha256)
+        self.size = size
+        self.max_size = max_size
+        self.cache_dir = pathlib.Path(cache_dir)
+        self.model = model
+        self.display_url = _redact(url)
+        self.attempts = attempts
+        self._timeout = httpx.Timeout(timeout)
+        self._waits = (float(wait_initial), float(wait_max), float(wait_jitter))
+        self._emitter = Emitter(registry)
+        self._client = client
+        self._owns_client = client is None
+        self._closed = False
+        self._lock = threading.Lock()
+        name = self.sha256 if filename is None else f"{self.sha256}-{filename}"
+        #: Where the verified artifact lives once fetched.
+        self.path = self.cache_dir / name
+
+    def __repr__(self) -> str:
+        return f"HttpSource({self.display_url!r}, sha256={self.sha256!r})"
+
+    def __enter__(self) -> HttpSource:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the HTTP client the source created (a client passed in stays open)."""
+        with self._lock:
+            self._closed = True
+            client, self._client = self._client, None
+        if client is not None and self._owns_client:
+            client.close()
+
+    def fetch(self) -> pathlib.Path:
+        """Return the path of a verified local copy, downloading it if needed.
+
+        A cached copy is used only if it verifies (digest and size); a corrupt one is
+        reported, removed and downloaded again. Deserialize with ``read_verified`` on
+        the returned path, never by opening it unchecked.
+
+        Raises:
+            ChecksumMismatchError: The downloaded bytes have another digest.
+            SizeMismatchError: The artifact is larger than the cap, or not ``size`` bytes.
+            IntegrityError: ``reason`` ``timeout`` (timed out on every attempt),
+                ``fetch_error`` (HTTP error status or transport failure, after retries for
+                transient ones) or ``io_error`` (the cache cannot be written).
+            RuntimeError: The source was closed and the artifact is not cached.
+        """
+        start = time.perf_counter()
+        cached_size = self._cached(start)
+        if cached_size is not None:
+            self._emit_passed(str(self.path), cached_size, start)
+            return self.path
+        try:
+            size = self._download()
+        except IntegrityError as e:
+            self._emit_failed(self.display_url, e, start)
+            raise
+        self._emit_passed(self.display_url, size, start)
+        return self.path
+
+    async def fetch_async(self) -> pathlib.Path:
+        """Run :meth:`fetch` in a worker thread, so the event loop never blocks on it.
+
+        Cancelling the caller does not stop the download already under way; it still
+        ends in a verified file or in nothing under the final name.
+        """
+        return await asyncio.to_thread(self.fetch)
+
+    def _cached(self, start: float) -> int | None:
+        """Return the size of a verified cached copy, or None; audit and drop a bad one."""
+        try:
+            return verify_file(self.path, sha256=self.sha256, size=self.size)
+        except IntegrityError as e:
+            if e.reason is Reason.MISSING:
+                return None
+            # Corruption or tampering in the cache is worth an alert even though a fresh
+            # download may still succeed.
+            self._emit_failed(str(self.path), e, start)
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            return None
+
+    def _get_client(self) -> httpx.Client:
+        import httpx
+
+        with self._lock:
+            if self._client is None:
+                if self._closed:
+                    raise RuntimeError(f"{self!r} is closed")
+                self._client = httpx.Client(timeout=self._timeout, follow_redirects=True)
+            return self._client
+
+    def _download(self) -> int:
+        """Download with retries on transient errors; return the verified size."""
+        import httpx
+        import stamina
+
+        client = self._get_client()
+        attempt_num = 0
+        try:
+            wait_initial, wait_max, wait_jitter = self._waits
+            # timeout=None: ``attempts`` alone bounds the retries; stamina's default 45 s
+            # budget would silently cut a slow download's attempts short.
+            for attempt in stamina.retry_context(
+                on=_is_transient,
+                attempts=self.attempts,
+                timeout=None,
+                wait_initial=wait_initial,
+                wait_max=wait_max,
+                wait_jitter=wait_jitter,
+            ):
+                with attempt:
+                    attempt_num = attempt.num
+                    return self._download_once(client)
+        except _StatusError as e:
+            raise IntegrityError(
+                f"fetching {self.display_url} failed: HTTP {e.status} "
+                f"(after {attempt_num} attempt(s))",
+                path=self.display_url,
+                actual=e.status,
+                reason=Reason.FETCH_ERROR,
+            ) from e
+        except httpx.HTTPError as e:
+            timed_out = isinstance(e, httpx.TimeoutException)
+            raise IntegrityError(
+                f"fetching {self.display_url} {'timed out' if timed_out else 'failed'}: "
+                f"{type(e).__name__}: {e} (after {attempt_num} attempt(s))",
+                path=self.display_url,
+                reason=Reason.TIMEOUT if timed_out else Reason.FETCH_ERROR,
+            ) from e
+        except OSError as e:
+            raise IntegrityError(
+                f"cannot write {self.display_url} into {self.cache_dir}: {e}",
+                path=self.display_url,
+                reason=Reason.IO_ERROR,
+            ) from e
+        raise AssertionError("unreachable: stamina re-raises the last failure")
+
+    def _download_once(self, client: httpx.Client) -> int:
+        """Make one attempt: stream into a temp file, verify, then rename into place."""
+        # identity: the digest is of the stored bytes, and Content-Length then counts them.
+        headers = {"Accept-Encoding": "identity"}
+        with client.stream("GET", self.url, headers=headers, timeout=self._timeout) as response:
+            if not 200 <= response.status_code <= 299:
+                retry_after = _parse_retry_after(
+                    response.headers.get("Retry-After"), self._waits[1]
+                )
+                raise _StatusError(response.status_code, retry_after)
+            announced = response.headers.get("Content-Length", "")
+            # With a Content-Encoding the header counts encoded bytes, not the artifact's.
+            if announced.isdigit() and response.headers.get("Content-Encoding") in (
+                None, "identity"
+            ):  # fmt: skip
+                self._check_size(int(announced), "announces", final=True)
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.cache_dir / f".{self.path.name}.{secrets.token_hex(8)}.part"
+            try:
+                with open(os.open(tmp, _TMP_FLAGS, 0o644), "wb") as f:
+                    hasher = hashlib.sha256()
+                    total = 0
+                    for chunk in response.iter_bytes():
+                        total += len(chunk)
+                        self._check_size(total, "sent at least", final=False)
+                        hasher.update(chunk)
+                        f.write(chunk)
+                    f.flush()
+                    os.fsync(f.fileno())
+                self._check_size(total, "sent", final=True)
+                actual = hasher.hexdigest()
+                if not hmac.compare_digest(actual, self.sha256):
+                    raise ChecksumMismatchError(
+                        f"{self.display_url} has SHA-256 {actual}, expected {self.sha256}",
+                        path=self.display_url,
+                        expected=self.sha256,
+                        actual=actual,
+                    )
+                os.replace(tmp, self.path)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                raise
+        _fsync_dir(self.cache_dir)
+        return total
+
+    def _check_size(self, count: int, what: str, *, final: bool) -> None:
+        """Refuse ``count`` bytes over the cap, or (``final``) other than ``size``."""
+        cap = self.size if self.size is not None else self.max_size
+        if cap is not None and count > cap:
+            expected, problem = cap, f"over the {cap}-byte cap"
+        elif final and self.size is not None and count != self.size:
+            expected, problem = self.size, f"expected {self.size}"
+        else:
+            return
+        raise SizeMismatchError(
+            f"{self.display_url} {what} {count} bytes, {problem}",
+            path=self.display_url,
+            expected=expected,
+            actual=count,
+        )
+
+    def _emit_passed(self, path: str, size: int, start: float) -> None:
+        self._emitter.emit(
+            IntegrityCheckPassed(
+                model=self.model, path=path, size=size, duration=time.perf_counter() - start
+            )
+        )
+
+    def _emit_failed(self, path: str, error: IntegrityError, start: float) -> None:
+        self._emitter.emit(
+            IntegrityCheckFailed(
+                model=self.model,
+                path=path,
+                reason=error.reason,
+                error_type=type(error).__name__,
+                detail=str(error),
+                duration=time.perf_counter() - start,
+            )
+        )
+
+
+def _fsync_dir(directory: pathlib.Path) -> None:
+    """Make the rename durable: fsync the directory entry (a no-op where unsupported)."""
+    if os.name == "nt":
+        return  # directories cannot be opened on Windows; NTFS journals the rename
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
