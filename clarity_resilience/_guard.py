@@ -18,15 +18,17 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._breaker import Breaker
-from ._integrity import deserialize_verified, normalize_sha256, read_verified
+from ._integrity import VerifiedBytes, deserialize_verified, normalize_sha256, read_verified
 from ._reasons import INTEGRITY_REASONS, Reason
 from .exceptions import (
     ClarityResilienceError,
     InvalidInputError,
+    ManifestError,
     ModelUnavailableError,
 )
 from .instrumentation import (
     Emitter,
+    IntegrityCheckFailed,
     ModelRegistered,
     PredictionFailed,
     PredictionSucceeded,
@@ -51,10 +53,10 @@ class _Target:
     """Where a model version comes from and what its bytes must hash to."""
 
     path: str | None
-    sha256: str
+    sha256: str | None  # None: the manifest names it, read at load time
     size: int | None
     version: str | None
-    manifest: Manifest | None = None
+    manifest: Manifest | str | None = None
     entry: str | None = None
     source: HttpSource | None = None
 
@@ -64,7 +66,8 @@ class _Serving(Generic[M]):
     """The verified model that is serving, with what it was verified against."""
 
     model: M
-    target: _Target
+    sha256: str
+    version: str | None
     loaded_at: float
 
 
@@ -80,7 +83,8 @@ class ModelGuard(Generic[M]):
         path: The model file, or with ``manifest`` the model directory.
         sha256: The expected digest of the file.
         size: The expected size of the file in bytes (checked before hashing).
-        manifest: A :class:`~clarity_resilience.Manifest` (or the path of one).
+        manifest: A :class:`~clarity_resilience.Manifest`, or the path of one (read
+            again at every load, so a reload picks up a new manifest).
         entry: Which manifest entry to load.
         source: A remote source with ``fetch()``, ``path``, ``sha256`` and ``size``.
         version: A version string to report (defaults to the manifest's version).
@@ -156,8 +160,8 @@ class ModelGuard(Generic[M]):
         return {
             "model": self.name,
             "ready": serving is not None,
-            "sha256": serving.target.sha256[:12] if serving else None,
-            "version": serving.target.version if serving else None,
+            "sha256": serving.sha256[:12] if serving else None,
+            "version": serving.version if serving else None,
             "breaker": self.breaker.state,
             "last_error": str(self._last_error.reason) if self._last_error else None,
         }
@@ -213,6 +217,14 @@ class ModelGuard(Generic[M]):
             raise ValueError("a manifest or source fixes the digest; pass manifest= or source=")
         else:
             changed = path is not None or sha256 is not None
+            if current.manifest is not None:
+                # Same manifest (file re-read at load), possibly another directory.
+                target = dataclasses.replace(
+                    current,
+                    path=os.fspath(path) if path is not None else current.path,
+                    version=version if version is not None else current.version,
+                )
+                return self._swap(target)
             target = dataclasses.replace(
                 current,
                 path=os.fspath(path) if path is not None else current.path,
@@ -240,51 +252,48 @@ class ModelGuard(Generic[M]):
             serving = self._serving
             try:
                 if serving is None:
-                    model = self.breaker.call(self._load_target, target)
+                    loaded = self.breaker.call(self._load_target, target)
                 else:
                     # A refused reload must not open the breaker of a healthy model.
-                    model = self._load_target(target)
+                    loaded = self._load_target(target)
             except ClarityResilienceError as e:
                 self._last_error = e
                 if serving is not None:
                     self._emitter.emit(
                         ReloadRefused(
-                            model=self.name, reason=e.reason, serving_sha256=serving.target.sha256
+                            model=self.name, reason=e.reason, serving_sha256=serving.sha256
                         )
                     )
                 raise
-            self._serving = _Serving(model=model, target=target, loaded_at=time.time())
+            self._serving = loaded
             self._target = target
             self._last_error = None
             if serving is not None:
                 self._emitter.emit(
                     ReloadPromoted(
                         model=self.name,
-                        old_sha256=serving.target.sha256,
-                        new_sha256=target.sha256,
-                        version=target.version,
+                        old_sha256=serving.sha256,
+                        new_sha256=loaded.sha256,
+                        version=loaded.version,
                     )
                 )
-            return model
+            return loaded.model
 
-    def _load_target(self, target: _Target) -> M:
-        return deserialize_verified(
-            lambda: self._read(target),
-            loader=self.loader,
-            sha256=target.sha256,
-            model=self.name,
-            registry=self.registry,
-            version=target.version,
+    def _load_target(self, target: _Target) -> _Serving[M]:
+        model, verified = deserialize_verified(
+            lambda: self._read(target), loader=self.loader, model=self.name, registry=self.registry
         )
+        return _Serving(model, verified.sha256, verified.version, time.time())
 
-    def _read(self, target: _Target) -> bytes:
+    def _read(self, target: _Target) -> VerifiedBytes:
         """Return the verified bytes of ``target`` (one read, one hash)."""
         if target.manifest is not None:
             assert target.path is not None
-            assert target.entry is not None
-            return target.manifest.read_entry(
-                target.path, target.entry, model=self.name, registry=self.registry
-            )
+            manifest, entry = self._open_manifest(target)
+            item = manifest.entries[entry]
+            data = manifest.read_entry(target.path, entry, model=self.name, registry=self.registry)
+            return VerifiedBytes(data, item.sha256, target.version or manifest.version)
+        assert target.sha256 is not None
         path = target.path
         if target.source is not None:
             cached = target.source.path
@@ -292,9 +301,45 @@ class ModelGuard(Generic[M]):
             # download and the bytes are read and verified again on their way in.
             path = os.fspath(cached if os.path.isfile(cached) else target.source.fetch())
         assert path is not None
-        return read_verified(
+        data = read_verified(
             path, sha256=target.sha256, size=target.size, model=self.name, registry=self.registry
         )
+        return VerifiedBytes(data, target.sha256, target.version)
+
+    def _open_manifest(self, target: _Target) -> tuple[Manifest, str]:
+        """Read the manifest now (so every load sees the current one) and pick the entry."""
+        from ._manifest import Manifest
+
+        start = time.perf_counter()
+        source = target.manifest
+        try:
+            manifest = source if isinstance(source, Manifest) else Manifest.read(str(source))
+            entry = target.entry
+            if entry is None:
+                if len(manifest.entries) != 1:
+                    raise ManifestError(
+                        f"the manifest lists {len(manifest.entries)} files; pass entry=",
+                        path=str(source),
+                    )
+                entry = next(iter(manifest.entries))
+            if entry not in manifest.entries:
+                raise ManifestError(
+                    f"the manifest does not list {entry!r}", path=str(source), expected=entry
+                )
+        except ManifestError as e:
+            # A missing or malformed manifest is an integrity failure like a bad digest.
+            self._emitter.emit(
+                IntegrityCheckFailed(
+                    model=self.name,
+                    path=str(source) if not isinstance(source, Manifest) else "<manifest>",
+                    reason=e.reason,
+                    error_type=type(e).__name__,
+                    detail=str(e),
+                    duration=_since(start),
+                )
+            )
+            raise
+        return manifest, entry
 
     # -- predicting -----------------------------------------------------------------
 
@@ -427,22 +472,18 @@ def _make_target(  # noqa: PLR0917 - private; mirrors the constructor's keywords
         raise ValueError("path= is required with sha256= (the file) or manifest= (the directory)")
     if sha256 is not None:
         return _Target(os.fspath(path), normalize_sha256(sha256), size, version)
-    from ._manifest import Manifest
-
     assert manifest is not None
-    loaded = manifest if isinstance(manifest, Manifest) else Manifest.read(manifest)
-    if entry is None:
-        if len(loaded.entries) != 1:
-            raise ValueError(f"the manifest lists {len(loaded.entries)} files; pass entry=")
-        entry = next(iter(loaded.entries))
-    if entry not in loaded.entries:
-        raise ValueError(f"entry {entry!r} is not in the manifest")
-    item = loaded.entries[entry]
+    if not isinstance(manifest, str | os.PathLike):  # in memory: check the entry now
+        names = manifest.entries
+        if entry is None and len(names) != 1:
+            raise ValueError(f"the manifest lists {len(names)} files; pass entry=")
+        if entry is not None and entry not in names:
+            raise ValueError(f"entry {entry!r} is not in the manifest")
     return _Target(
         os.fspath(path),
-        item.sha256,
-        item.size,
-        version if version is not None else loaded.version,
-        manifest=loaded,
+        None,
+        None,
+        version,
+        manifest=manifest if not isinstance(manifest, str | os.PathLike) else os.fspath(manifest),
         entry=entry,
     )

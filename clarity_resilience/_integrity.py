@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from ._reasons import Reason
 from .exceptions import (
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
 __all__ = [
+    "VerifiedBytes",
     "deserialize_verified",
     "load_verified",
     "normalize_sha256",
@@ -382,28 +383,36 @@ def load_verified(
         ModelLoadError: The loader rejected the verified bytes.
     """
     expected = normalize_sha256(sha256)
-    return deserialize_verified(
-        lambda: read_verified(path, sha256=expected, size=size, model=model, registry=registry),
-        loader=loader,
-        sha256=expected,
-        model=model,
-        registry=registry,
-    )
+
+    def read() -> VerifiedBytes:
+        data = read_verified(path, sha256=expected, size=size, model=model, registry=registry)
+        return VerifiedBytes(data, expected)
+
+    return deserialize_verified(read, loader=loader, model=model, registry=registry)[0]
+
+
+class VerifiedBytes(NamedTuple):
+    """Bytes that matched a digest, with the digest (and version) they matched."""
+
+    data: bytes
+    sha256: str
+    version: str | None = None
 
 
 def deserialize_verified(
-    read: Callable[[], bytes],
+    read: Callable[[], VerifiedBytes],
     *,
     loader: Callable[[bytes], T] | None,
-    sha256: str,
     model: str,
     registry: CollectorRegistry | None,
-    version: str | None = None,
-) -> T:
-    """Run ``loader`` on the bytes ``read()`` returns, and report the load as one outcome.
+) -> tuple[T, VerifiedBytes]:
+    """Run ``loader`` on the bytes ``read()`` verified, and report the load as one outcome.
 
-    ``read`` must return verified bytes (``read_verified``, ``Manifest.read_entry``);
-    its integrity errors pass through. Emits ``ModelLoaded`` or ``ModelLoadFailed``.
+    ``read`` must return verified bytes (``read_verified``, ``Manifest.read_entry``); its
+    integrity errors pass through. Emits ``ModelLoaded`` or ``ModelLoadFailed``.
+
+    Returns:
+        The model, and what its bytes were verified against (``data`` released).
     """
     if loader is None:
         from .loaders import auto
@@ -412,7 +421,8 @@ def deserialize_verified(
     emitter = Emitter(registry)
     start = time.perf_counter()
     try:
-        result = _call_loader(loader, read())
+        verified = read()
+        result = _call_loader(loader, verified.data)
     except ClarityResilienceError as e:
         emitter.emit(
             ModelLoadFailed(
@@ -426,10 +436,13 @@ def deserialize_verified(
         raise
     emitter.emit(
         ModelLoaded(
-            model=model, sha256=sha256, version=version, duration=time.perf_counter() - start
+            model=model,
+            sha256=verified.sha256,
+            version=verified.version,
+            duration=time.perf_counter() - start,
         )
     )
-    return result
+    return result, verified._replace(data=b"")
 
 
 def _call_loader(loader: Callable[[bytes], T], data: bytes) -> T:

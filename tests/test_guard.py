@@ -302,6 +302,41 @@ class TestOrigins:
         with pytest.raises(ValueError, match="entry="):
             cr.ModelGuard("m", path=tmp_path, manifest=cr.Manifest.build(tmp_path))
 
+    @pytest.mark.parametrize(
+        ("manifest_text", "reason"),
+        [
+            pytest.param(None, cr.Reason.MISSING, id="missing"),
+            pytest.param("not a manifest\n", cr.Reason.MANIFEST_INVALID, id="malformed"),
+            pytest.param(f"{'0' * 64}  other.bin\n", cr.Reason.MANIFEST_INVALID, id="no-entry"),
+        ],
+    )
+    def test_bad_manifest_file_is_an_audited_refusal(
+        self,
+        model_file: tuple[pathlib.Path, str],
+        registry: CollectorRegistry,
+        events: list[Event],
+        manifest_text: str | None,
+        reason: cr.Reason,
+    ) -> None:
+        """A missing or malformed manifest is read at load, refused, counted and audited."""
+        path, _ = model_file
+        manifest = path.parent / "SHA256SUMS"
+        if manifest_text is not None:
+            manifest.write_text(manifest_text)
+        guard = cr.ModelGuard(
+            "m", path=path.parent, manifest=manifest, entry=path.name, registry=registry
+        )
+        with pytest.raises(cr.ManifestError) as info:
+            guard.load()
+        assert info.value.reason == reason
+        assert not guard.ready
+        failed = [e for e in events if isinstance(e, cr.instrumentation.IntegrityCheckFailed)]
+        assert [e.reason for e in failed] == [reason]
+        assert (
+            sample(registry, "model_integrity_failures_total", model="m", reason=reason.value)
+            == 1.0
+        )
+
 
 class TestPredict:
     def test_success_and_failure_are_counted(
