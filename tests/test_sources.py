@@ -8,7 +8,6 @@ import hashlib
 import os
 import pathlib
 import random
-import selectors
 import socket
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 import stamina
+from artifact_store import ArtifactStore
 from prometheus_client import CollectorRegistry
 
 from clarity_resilience import (
@@ -32,44 +32,9 @@ from clarity_resilience import (
 from clarity_resilience.instrumentation import Event, IntegrityCheckFailed, IntegrityCheckPassed
 from clarity_resilience.sources import HttpSource
 
-SERVER_SCRIPT = pathlib.Path(__file__).parent / "support" / "artifact_server.py"
 ARTIFACT = "model.bin"
 DATA = random.Random(20240601).randbytes(256 * 1024)
 SHA = hashlib.sha256(DATA).hexdigest()
-
-
-@dataclasses.dataclass
-class ArtifactServer:
-    """Handle on the server process: its root, its address and its control endpoint."""
-
-    root: pathlib.Path
-    port: int
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def url(self, name: str = ARTIFACT) -> str:
-        return f"{self.base}/{name}"
-
-    def control(self, **settings: Any) -> None:
-        httpx.post(f"{self.base}/_control", json=settings, timeout=5).raise_for_status()
-
-    def requests(self, name: str = ARTIFACT) -> int:
-        stats = httpx.get(f"{self.base}/_stats", timeout=5).raise_for_status().json()
-        return int(stats["by_path"].get(f"/{name}", 0))
-
-
-def _read_port(proc: subprocess.Popen[bytes], deadline: float = 10.0) -> int:
-    assert proc.stdout is not None
-    with selectors.DefaultSelector() as selector:
-        selector.register(proc.stdout, selectors.EVENT_READ)
-        if not selector.select(timeout=deadline):
-            raise RuntimeError("artifact server did not report its port")
-    line = proc.stdout.readline().decode()
-    if not line.startswith("PORT "):
-        raise RuntimeError(f"artifact server failed to start: {line!r}")
-    return int(line.split()[1])
 
 
 @pytest.fixture(scope="module")
@@ -77,23 +42,36 @@ def server_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Artifac
     """Run the artifact server for this module; always terminate it."""
     root = tmp_path_factory.mktemp("artifacts")
     (root / ARTIFACT).write_bytes(DATA)
-    with open(root.parent / "artifact_server.log", "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, str(SERVER_SCRIPT), "--root", str(root), "--port", "0"],
-            stdout=subprocess.PIPE,
-            stderr=log,
-        )
-        try:
-            yield ArtifactServer(root, _read_port(proc))
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            assert proc.stdout is not None
-            proc.stdout.close()
+    with ArtifactStore(root) as store:
+        yield ArtifactServer(store)
+
+
+@dataclasses.dataclass
+class ArtifactServer:
+    """The store, with this module's artifact as the default name."""
+
+    store: ArtifactStore
+
+    @property
+    def root(self) -> pathlib.Path:
+        return self.store.root
+
+    @property
+    def port(self) -> int:
+        return self.store.port
+
+    @property
+    def base(self) -> str:
+        return self.store.base
+
+    def url(self, name: str = ARTIFACT) -> str:
+        return self.store.url(name)
+
+    def control(self, **settings: Any) -> None:
+        self.store.control(**settings)
+
+    def requests(self, name: str = ARTIFACT) -> int:
+        return self.store.requests(name)
 
 
 @pytest.fixture
