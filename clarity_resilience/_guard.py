@@ -88,6 +88,8 @@ class ModelGuard(Generic[M]):
         entry: Which manifest entry to load.
         source: A remote source with ``fetch()``, ``path``, ``sha256`` and ``size``.
         version: A version string to report (defaults to the manifest's version).
+        expected_version: With a manifest: refuse (``version_mismatch``) any manifest
+            whose model version differs, so a stale or foreign manifest never serves.
         loader: Turns verified bytes into the model (default: ``loaders.auto``).
         breaker: The breaker for loads and predictions (default: a new one, same name).
         registry: The Prometheus registry to record into (default registry if None).
@@ -112,6 +114,7 @@ class ModelGuard(Generic[M]):
         entry: str | None = None,
         source: HttpSource | None = None,
         version: str | None = None,
+        expected_version: str | None = None,
         loader: Callable[[bytes], M] | None = None,
         breaker: Breaker | None = None,
         registry: CollectorRegistry | None = None,
@@ -123,6 +126,7 @@ class ModelGuard(Generic[M]):
             raise ValueError(f"name must be a non-empty str, got {name!r}")
         self.name = name
         self.loader = loader
+        self.expected_version = expected_version
         self.registry = registry
         self.breaker = breaker if breaker is not None else Breaker(name, registry=registry)
         self.invalid_input = tuple(invalid_input)
@@ -325,6 +329,15 @@ class ModelGuard(Generic[M]):
             if entry not in manifest.entries:
                 raise ManifestError(
                     f"the manifest does not list {entry!r}", path=str(source), expected=entry
+                )
+            if self.expected_version is not None and manifest.version != self.expected_version:
+                raise ManifestError(
+                    f"the manifest is for version {manifest.version!r}, "
+                    f"expected {self.expected_version!r}",
+                    path=str(source),
+                    expected=self.expected_version,
+                    actual=manifest.version,
+                    reason=Reason.VERSION_MISMATCH,
                 )
         except ManifestError as e:
             # A missing or malformed manifest is an integrity failure like a bad digest.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["INTEGRITY_REASONS", "Reason"]
+__all__ = ["INTEGRITY_REASONS", "REFUSAL_REASONS", "Reason"]
 
 
 class Reason(enum.StrEnum):
@@ -31,7 +31,7 @@ class Reason(enum.StrEnum):
     INTERNAL = "internal"
 
 
-#: The reasons that ``model_integrity_failures_total`` is labelled with.
+#: Failures to establish that bytes are the published ones (HTTP: ``integrity_failure``).
 INTEGRITY_REASONS: tuple[Reason, ...] = (
     Reason.CHECKSUM_MISMATCH,
     Reason.SIZE_MISMATCH,
@@ -43,3 +43,8 @@ INTEGRITY_REASONS: tuple[Reason, ...] = (
     Reason.FETCH_ERROR,
     Reason.TIMEOUT,
 )
+
+#: Every reason a model can be refused for: integrity, plus verified bytes that the
+#: loader rejects or whose format is refused. ``model_integrity_failures_total`` is
+#: labelled with these, so one counter alerts on "a model could not be served".
+REFUSAL_REASONS: tuple[Reason, ...] = (*INTEGRITY_REASONS, Reason.LOAD_ERROR, Reason.UNSAFE_FORMAT)

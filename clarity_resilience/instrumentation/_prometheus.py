@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .._reasons import INTEGRITY_REASONS, Reason
+from .._reasons import INTEGRITY_REASONS, REFUSAL_REASONS, Reason
 from ._events import (
     BreakerRegistered,
     BreakerStateChanged,
@@ -23,11 +24,12 @@ from ._events import (
 from ._hooks import HookFactory
 
 if TYPE_CHECKING:
-    from prometheus_client import CollectorRegistry
+    from prometheus_client import CollectorRegistry, Counter
 
 __all__ = ["BREAKER_STATES", "PrometheusOnEventHook", "prometheus_hook"]
 
 BREAKER_STATES = ("closed", "open", "half-open")
+_LOADER_REASONS = frozenset(REFUSAL_REASONS) - frozenset(INTEGRITY_REASONS)
 
 # Loading a large model from a slow disk or store can take minutes.
 LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
@@ -86,13 +88,19 @@ class _Metrics:
         )
         self.integrity_failures = Counter(
             "model_integrity_failures_total",
-            "Model bytes refused by integrity checks, by reason.",
+            "Models refused (integrity checks, refused format, loader errors), by reason.",
             ["model", "reason"],
             **kw,
         )
         self._models: set[str] = set()
         self._breakers: set[str] = set()
         self._lock = threading.Lock()
+        # The labelled children of the per-call counters: ``labels()`` validates the
+        # values and takes a lock on every call, a dict lookup does not. (The series are
+        # never removed: they are pre-initialised and live as long as the registry.)
+        self._success_children: dict[str, Counter] = {}
+        self._failure_children: dict[tuple[str, Reason], Counter] = {}
+        self._rejection_children: dict[str, Counter] = {}
 
     def ensure_model(self, model: str) -> None:
         """Pre-initialise every series of ``model`` so alerts work from the first failure."""
@@ -105,7 +113,7 @@ class _Metrics:
         self.success.labels(model)
         for reason in Reason:
             self.failure.labels(model, reason.value)
-        for reason in INTEGRITY_REASONS:
+        for reason in REFUSAL_REASONS:
             self.integrity_failures.labels(model, reason.value)
         self.load_duration.labels(model)
         self.check_duration.labels(model)
@@ -126,6 +134,31 @@ class _Metrics:
     def set_state(self, breaker: str, state: str) -> None:
         for candidate in BREAKER_STATES:
             self.state.labels(breaker, candidate).set(1 if candidate == state else 0)
+
+    def success_of(self, model: str) -> Counter:
+        """Return the ``prediction_success_total`` series of ``model`` (pre-initialised)."""
+        child = self._success_children.get(model)
+        if child is None:
+            self.ensure_model(model)
+            child = self._success_children.setdefault(model, self.success.labels(model))
+        return child
+
+    def failure_of(self, model: str, reason: Reason) -> Counter:
+        """Return the ``prediction_failure_total`` series of ``model`` and ``reason``."""
+        child = self._failure_children.get((model, reason))
+        if child is None:
+            self.ensure_model(model)
+            child = self._failure_children.setdefault(
+                (model, reason), self.failure.labels(model, reason.value)
+            )
+        return child
+
+    def rejections_of(self, breaker: str) -> Counter:
+        """Return the ``circuit_breaker_rejections_total`` series of ``breaker``."""
+        child = self._rejection_children.get(breaker)
+        if child is None:
+            child = self._rejection_children.setdefault(breaker, self.rejections.labels(breaker))
+        return child
 
 
 _metrics_by_registry: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, _Metrics]] = (
@@ -152,41 +185,80 @@ class PrometheusHook:
 
     def __init__(self, metrics: _Metrics) -> None:
         self._m = metrics
+        # Dispatch on the event's exact type: a dict lookup instead of trying the cases
+        # of a match statement in turn on every event (rejections came third).
+        self._handlers: dict[type[Event], Callable[[Any], None]] = {
+            PredictionSucceeded: self._prediction_succeeded,
+            PredictionFailed: self._prediction_failed,
+            CallRejected: self._call_rejected,
+            BreakerStateChanged: self._breaker_state_changed,
+            IntegrityCheckPassed: self._integrity_check_passed,
+            IntegrityCheckFailed: self._integrity_check_failed,
+            ModelLoaded: self._model_loaded,
+            ModelLoadFailed: self._model_load_failed,
+            ModelRegistered: self._model_registered,
+            BreakerRegistered: self._breaker_registered,
+        }
 
     def __call__(self, event: Event, /) -> None:
+        handler = self._handlers.get(type(event))
+        if handler is None:
+            handler = self._handlers[type(event)] = self._handler_for(type(event))
+        handler(event)
+
+    def _handler_for(self, cls: type[Event]) -> Callable[[Any], None]:
+        """Return the handler of the nearest known base class (other events: none)."""
+        for base in cls.__mro__[1:]:
+            handler = self._handlers.get(base)
+            if handler is not None:
+                return handler
+        return _ignore
+
+    def _prediction_succeeded(self, event: PredictionSucceeded) -> None:
+        self._m.success_of(event.model).inc()
+
+    def _prediction_failed(self, event: PredictionFailed) -> None:
+        self._m.failure_of(event.model, event.reason).inc()
+
+    def _call_rejected(self, event: CallRejected) -> None:
+        self._m.rejections_of(event.breaker).inc()
+
+    def _breaker_state_changed(self, event: BreakerStateChanged) -> None:
+        if event.old_state != event.new_state:
+            self._m.transitions.labels(event.breaker, event.old_state, event.new_state).inc()
+            self._m.set_state(event.breaker, event.new_state)
+
+    def _integrity_check_passed(self, event: IntegrityCheckPassed) -> None:
+        self._m.ensure_model(event.model)
+        self._m.check_duration.labels(event.model).observe(event.duration)
+
+    def _integrity_check_failed(self, event: IntegrityCheckFailed) -> None:
         m = self._m
-        match event:
-            case PredictionSucceeded(model=model):
-                m.ensure_model(model)
-                m.success.labels(model).inc()
-            case PredictionFailed(model=model, reason=reason):
-                m.ensure_model(model)
-                m.failure.labels(model, reason.value).inc()
-            case CallRejected(breaker=breaker):
-                m.rejections.labels(breaker).inc()
-            case BreakerStateChanged(breaker=breaker, old_state=old, new_state=new):
-                if old != new:
-                    m.transitions.labels(breaker, old, new).inc()
-                    m.set_state(breaker, new)
-            case IntegrityCheckPassed(model=model, duration=duration):
-                m.ensure_model(model)
-                m.check_duration.labels(model).observe(duration)
-            case IntegrityCheckFailed(model=model, reason=reason, duration=duration):
-                m.ensure_model(model)
-                m.check_duration.labels(model).observe(duration)
-                m.integrity_failures.labels(model, reason.value).inc()
-            case (
-                ModelLoaded(model=model, duration=duration)
-                | ModelLoadFailed(model=model, duration=duration)
-            ):
-                m.ensure_model(model)
-                m.load_duration.labels(model).observe(duration)
-            case ModelRegistered(model=model):
-                m.ensure_model(model)
-            case BreakerRegistered(breaker=breaker, state=state):
-                m.ensure_breaker(breaker, state)
-            case _:
-                pass
+        m.ensure_model(event.model)
+        m.check_duration.labels(event.model).observe(event.duration)
+        m.integrity_failures.labels(event.model, event.reason.value).inc()
+
+    def _model_loaded(self, event: ModelLoaded) -> None:
+        self._m.ensure_model(event.model)
+        self._m.load_duration.labels(event.model).observe(event.duration)
+
+    def _model_load_failed(self, event: ModelLoadFailed) -> None:
+        m = self._m
+        m.ensure_model(event.model)
+        m.load_duration.labels(event.model).observe(event.duration)
+        if event.reason in _LOADER_REASONS:
+            # Verified bytes the loader refused: no integrity event has counted them.
+            m.integrity_failures.labels(event.model, event.reason.value).inc()
+
+    def _model_registered(self, event: ModelRegistered) -> None:
+        self._m.ensure_model(event.model)
+
+    def _breaker_registered(self, event: BreakerRegistered) -> None:
+        self._m.ensure_breaker(event.breaker, event.state)
+
+
+def _ignore(_event: Event) -> None:
+    return None
 
 
 def prometheus_hook(namespace: str = "") -> HookFactory:
