@@ -8,20 +8,23 @@ fails verification or loading never replaces what is serving.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import inspect
 import os
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._breaker import Breaker
 from ._integrity import VerifiedBytes, deserialize_verified, normalize_sha256, read_verified
-from ._reasons import INTEGRITY_REASONS, Reason
+from ._reasons import INTEGRITY_REASONS, TRANSIENT_REASONS, Reason
 from .exceptions import (
     ClarityResilienceError,
+    IntegrityError,
     InvalidInputError,
     ManifestError,
     ModelUnavailableError,
@@ -97,7 +100,10 @@ class ModelGuard(Generic[M]):
             :class:`InvalidInputError`, which breakers ignore.
         unavailable_retry_after: ``Retry-After`` seconds while nothing has loaded yet.
         integrity_retry_after: ``Retry-After`` seconds when the last load failed
-            integrity checks and nothing good is serving.
+            integrity checks (digest, size, path, manifest, version) and nothing good is
+            serving. A refusal caused by the disk, store or network (``io_error``,
+            ``fetch_error``, ``timeout``) or by the loader uses
+            ``unavailable_retry_after``.
 
     Raises:
         ValueError: The origin is missing, ambiguous or incomplete.
@@ -136,6 +142,10 @@ class ModelGuard(Generic[M]):
         self._serving: _Serving[M] | None = None
         self._last_error: ClarityResilienceError | None = None
         self._load_lock = threading.Lock()
+        self._loop_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._loop_locks_guard = threading.Lock()
         self._emitter = Emitter(registry)
         self._emitter.emit(ModelRegistered(model=name))
 
@@ -239,8 +249,14 @@ class ModelGuard(Generic[M]):
         return self._swap(target)
 
     async def load_async(self) -> M:
-        """Run :meth:`load` in a worker thread: hashing never blocks the event loop."""
-        return await asyncio.to_thread(self.load)
+        """Run :meth:`load` in a worker thread: hashing never blocks the event loop.
+
+        Concurrent async loads and reloads wait for each other as coroutines, not as
+        threads, so a burst of reloads cannot use up the event loop's thread pool (which
+        ``predict_async`` needs for plain functions).
+        """
+        async with self._async_load_lock():
+            return await asyncio.to_thread(self.load)
 
     async def reload_async(
         self,
@@ -248,8 +264,18 @@ class ModelGuard(Generic[M]):
         sha256: str | None = None,
         **kwargs: Any,
     ) -> M:
-        """Run :meth:`reload` in a worker thread (same arguments)."""
-        return await asyncio.to_thread(functools.partial(self.reload, path, sha256, **kwargs))
+        """Run :meth:`reload` in a worker thread (same arguments; see :meth:`load_async`)."""
+        async with self._async_load_lock():
+            return await asyncio.to_thread(functools.partial(self.reload, path, sha256, **kwargs))
+
+    def _async_load_lock(self) -> asyncio.Lock:
+        """Return this guard's load lock for the running event loop (one per loop)."""
+        loop = asyncio.get_running_loop()
+        with self._loop_locks_guard:
+            lock = self._loop_locks.get(loop)
+            if lock is None:
+                lock = self._loop_locks[loop] = asyncio.Lock()
+            return lock
 
     def _swap(self, target: _Target) -> M:
         with self._load_lock:  # one load at a time; predictions never take this lock
@@ -300,15 +326,37 @@ class ModelGuard(Generic[M]):
         assert target.sha256 is not None
         path = target.path
         if target.source is not None:
-            cached = target.source.path
-            # A cached copy is read (and verified) once; otherwise fetch verifies the
-            # download and the bytes are read and verified again on their way in.
-            path = os.fspath(cached if os.path.isfile(cached) else target.source.fetch())
+            return self._read_from_source(target.source, target.version)
         assert path is not None
         data = read_verified(
             path, sha256=target.sha256, size=target.size, model=self.name, registry=self.registry
         )
         return VerifiedBytes(data, target.sha256, target.version)
+
+    def _read_from_source(self, source: HttpSource, version: str | None) -> VerifiedBytes:
+        """Read the source's cached copy, fetching (or re-fetching) it when needed.
+
+        A cached copy is read and verified once. If it is missing, or fails (tampered
+        cache: audited), the source fetches again (its download is verified while it
+        streams) and the bytes are read and verified once more on their way in.
+        """
+
+        def verified_copy(path: str | os.PathLike[str]) -> VerifiedBytes:
+            data = read_verified(
+                path,
+                sha256=source.sha256,
+                size=source.size,
+                model=self.name,
+                registry=self.registry,
+            )
+            return VerifiedBytes(data, source.sha256, version)
+
+        if os.path.isfile(source.path):
+            # A tampered cache is audited by read_verified; the source is the truth, so
+            # fall through and fetch again rather than refuse.
+            with contextlib.suppress(IntegrityError):
+                return verified_copy(source.path)
+        return verified_copy(source.fetch(model=self.name, registry=self.registry))
 
     def _open_manifest(self, target: _Target) -> tuple[Manifest, str]:
         """Read the manifest now (so every load sees the current one) and pick the entry."""
@@ -434,10 +482,23 @@ class ModelGuard(Generic[M]):
 
     def _unavailable(self) -> ModelUnavailableError:
         last = self._last_error
-        if last is not None and last.reason in INTEGRITY_REASONS:
+        if last is not None and last.reason in TRANSIENT_REASONS:
+            # The store or disk failed, not the bytes: worth a retry soon.
+            error = ModelUnavailableError(
+                f"model {self.name!r} could not be fetched ({last.reason}); nothing serves",
+                retry_after=self.unavailable_retry_after,
+                reason=last.reason,
+            )
+        elif last is not None and last.reason in INTEGRITY_REASONS:
             error = ModelUnavailableError(
                 f"model {self.name!r} failed integrity checks ({last.reason}); nothing serves",
                 retry_after=self.integrity_retry_after,
+                reason=last.reason,
+            )
+        elif last is not None:
+            error = ModelUnavailableError(
+                f"model {self.name!r} could not be loaded ({last.reason}); nothing serves",
+                retry_after=self.unavailable_retry_after,
                 reason=last.reason,
             )
         else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["INTEGRITY_REASONS", "REFUSAL_REASONS", "Reason"]
+__all__ = ["INTEGRITY_REASONS", "REFUSAL_REASONS", "TRANSIENT_REASONS", "Reason"]
 
 
 class Reason(enum.StrEnum):
@@ -48,3 +48,7 @@ INTEGRITY_REASONS: tuple[Reason, ...] = (
 #: loader rejects or whose format is refused. ``model_integrity_failures_total`` is
 #: labelled with these, so one counter alerts on "a model could not be served".
 REFUSAL_REASONS: tuple[Reason, ...] = (*INTEGRITY_REASONS, Reason.LOAD_ERROR, Reason.UNSAFE_FORMAT)
+
+#: Refusals caused by the path to the bytes (disk, store, network), not by the bytes:
+#: they may pass on the next attempt, so callers are told to retry soon.
+TRANSIENT_REASONS: tuple[Reason, ...] = (Reason.IO_ERROR, Reason.FETCH_ERROR, Reason.TIMEOUT)

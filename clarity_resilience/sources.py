@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import email.utils
+import functools
 import hashlib
 import hmac
 import math
@@ -28,6 +29,7 @@ import secrets
 import threading
 import time
 import urllib.parse
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from ._integrity import UNNAMED, normalize_sha256, verify_file
@@ -138,9 +140,9 @@ class HttpSource:
         wait_initial: Backoff before the first retry, in seconds (doubles each retry).
         wait_max: Longest backoff between attempts, also for a server's ``Retry-After``.
         wait_jitter: Largest random jitter added to each backoff, in seconds.
-        client: An ``httpx.Client`` to use (not closed by the source). By default the
-            source creates one on first download, follows redirects, and closes it in
-            :meth:`close`.
+        client: An ``httpx.Client`` to use (never closed by the source). By default each
+            download uses a client of its own that follows redirects and is closed when
+            the download ends.
         model: The ``model`` label for metrics and audit events.
         registry: The Prometheus registry to record into (default registry if None).
         filename: Appended to the digest in the cache file name, e.g. ``model.onnx``.
@@ -204,7 +206,6 @@ class HttpSource:
         self._waits = (float(wait_initial), float(wait_max), float(wait_jitter))
         self._emitter = Emitter(registry)
         self._client = client
-        self._owns_client = client is None
         self._closed = False
         self._lock = threading.Lock()
         name = self.sha256 if filename is None else f"{self.sha256}-{filename}"
@@ -221,15 +222,23 @@ class HttpSource:
         self.close()
 
     def close(self) -> None:
-        """Close the HTTP client the source created (a client passed in stays open)."""
+        """Refuse further downloads; a verified cached copy is still served.
+
+        A client passed to the constructor is never closed by the source.
+        """
         with self._lock:
             self._closed = True
-            client, self._client = self._client, None
-        if client is not None and self._owns_client:
-            client.close()
 
-    def fetch(self) -> pathlib.Path:
+    def fetch(
+        self, *, model: str | None = None, registry: CollectorRegistry | None = None
+    ) -> pathlib.Path:
         """Return the path of a verified local copy, downloading it if needed.
+
+        Args:
+            model: Report this fetch under another ``model`` label (and ``registry``)
+                than the source's own: a ``ModelGuard`` passes its name and registry,
+                so its alerts see the fetches made for it.
+            registry: With ``model``: the Prometheus registry to record into.
 
         A cached copy is used only if it verifies (digest and size); a corrupt one is
         reported, removed and downloaded again. Deserialize with ``read_verified`` on
@@ -243,28 +252,35 @@ class HttpSource:
                 transient ones) or ``io_error`` (the cache cannot be written).
             RuntimeError: The source was closed and the artifact is not cached.
         """
+        report = _Report(self.model, self._emitter) if model is None else (
+            _Report(model, Emitter(registry))
+        )  # fmt: skip
         start = time.perf_counter()
-        cached_size = self._cached(start)
+        cached_size = self._cached(start, report)
         if cached_size is not None:
-            self._emit_passed(str(self.path), cached_size, start)
+            report.passed(str(self.path), cached_size, start)
             return self.path
         try:
             size = self._download()
         except IntegrityError as e:
-            self._emit_failed(self.display_url, e, start)
+            report.failed(self.display_url, e, start)
             raise
-        self._emit_passed(self.display_url, size, start)
+        report.passed(self.display_url, size, start)
         return self.path
 
-    async def fetch_async(self) -> pathlib.Path:
+    async def fetch_async(
+        self, *, model: str | None = None, registry: CollectorRegistry | None = None
+    ) -> pathlib.Path:
         """Run :meth:`fetch` in a worker thread, so the event loop never blocks on it.
 
         Cancelling the caller does not stop the download already under way; it still
         ends in a verified file or in nothing under the final name.
         """
-        return await asyncio.to_thread(self.fetch)
+        return await asyncio.to_thread(
+            functools.partial(self.fetch, model=model, registry=registry)
+        )
 
-    def _cached(self, start: float) -> int | None:
+    def _cached(self, start: float, report: _Report) -> int | None:
         """Return the size of a verified cached copy, or None; audit and drop a bad one."""
         try:
             return verify_file(self.path, sha256=self.sha256, size=self.size)
@@ -273,27 +289,35 @@ class HttpSource:
                 return None
             # Corruption or tampering in the cache is worth an alert even though a fresh
             # download may still succeed.
-            self._emit_failed(str(self.path), e, start)
+            report.failed(str(self.path), e, start)
             with contextlib.suppress(OSError):
                 self.path.unlink()
             return None
 
-    def _get_client(self) -> httpx.Client:
+    @contextlib.contextmanager
+    def _client_for_download(self) -> Iterator[httpx.Client]:
+        """Yield the user's client, or one made for this download and closed after it.
+
+        Downloads are rare (a load or a reload); a client per download means a source
+        handed to ``ModelGuard.reload(source=...)`` and then dropped leaks nothing.
+        """
         import httpx
 
         with self._lock:
-            if self._client is None:
-                if self._closed:
-                    raise RuntimeError(f"{self!r} is closed")
-                self._client = httpx.Client(timeout=self._timeout, follow_redirects=True)
-            return self._client
+            if self._closed:
+                raise RuntimeError(f"{self!r} is closed")
+            client = self._client
+        if client is not None:
+            yield client
+            return
+        with httpx.Client(timeout=self._timeout, follow_redirects=True) as owned:
+            yield owned
 
     def _download(self) -> int:
         """Download with retries on transient errors; return the verified size."""
         import httpx
         import stamina
 
-        client = self._get_client()
         attempt_num = 0
         try:
             wait_initial, wait_max, wait_jitter = self._waits
@@ -307,7 +331,7 @@ class HttpSource:
                 wait_max=wait_max,
                 wait_jitter=wait_jitter,
             ):
-                with attempt:
+                with attempt, self._client_for_download() as client:
                     attempt_num = attempt.num
                     return self._download_once(client)
         except _StatusError as e:
@@ -396,15 +420,25 @@ class HttpSource:
             actual=count,
         )
 
-    def _emit_passed(self, path: str, size: int, start: float) -> None:
-        self._emitter.emit(
+
+class _Report:
+    """Who a fetch is reported as: a ``model`` label and an emitter (its registry)."""
+
+    __slots__ = ("emitter", "model")
+
+    def __init__(self, model: str, emitter: Emitter) -> None:
+        self.model = model
+        self.emitter = emitter
+
+    def passed(self, path: str, size: int, start: float) -> None:
+        self.emitter.emit(
             IntegrityCheckPassed(
                 model=self.model, path=path, size=size, duration=time.perf_counter() - start
             )
         )
 
-    def _emit_failed(self, path: str, error: IntegrityError, start: float) -> None:
-        self._emitter.emit(
+    def failed(self, path: str, error: IntegrityError, start: float) -> None:
+        self.emitter.emit(
             IntegrityCheckFailed(
                 model=self.model,
                 path=path,

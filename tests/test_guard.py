@@ -459,3 +459,34 @@ class TestPredict:
             "last_error": None,
         }
         assert str(path) not in repr(status)
+
+
+class TestTransientRefusals:
+    def test_store_outage_asks_for_a_quick_retry(
+        self, tmp_path: pathlib.Path, registry: CollectorRegistry
+    ) -> None:
+        """An unreachable store is unavailable (short retry), not an integrity failure."""
+        import socket
+
+        from clarity_resilience.degradation import problem_for
+        from clarity_resilience.sources import HttpSource
+
+        with socket.socket() as sock:  # a port nothing listens on
+            sock.bind(("127.0.0.1", 0))
+            url = f"http://127.0.0.1:{sock.getsockname()[1]}/model.safetensors"
+        source = HttpSource(url, sha256="0" * 64, cache_dir=tmp_path, attempts=1, timeout=1)
+        guard = cr.ModelGuard("m", source=source, registry=registry)
+        with pytest.raises(cr.IntegrityError):
+            guard.load()
+        with pytest.raises(cr.ModelUnavailableError) as info:
+            _ = guard.model
+        assert info.value.reason == cr.Reason.FETCH_ERROR
+        assert info.value.retry_after == 5.0
+        problem = problem_for(info.value)
+        assert problem is not None
+        assert (problem.reason, problem.retry_after) == ("unavailable", 5)
+        # Counted under the guard's own name and registry, not the source's defaults.
+        assert (
+            sample(registry, "model_integrity_failures_total", model="m", reason="fetch_error")
+            == 1.0
+        )
