@@ -60,9 +60,11 @@ class Corruptor:
             try:
                 with self._changed:
                     target = self._calls + self.hold
-                    self._changed.wait_for(
-                        lambda: self._calls >= target or self._stop.is_set(), timeout=5
-                    )
+
+                    def held(target: int = target) -> bool:
+                        return self._calls >= target or self._stop.is_set()
+
+                    self._changed.wait_for(held, timeout=5)
             finally:
                 corruption.restore()
 

@@ -63,9 +63,12 @@ class TestModelCorruption:
         version = publish_model(1.0)
         spy = LoaderSpy()
         guard = version.guard(registry, loader=spy)
-        with CORRUPTORS[kind](version.path, seed=3), structlog.testing.capture_logs() as logs:
-            with pytest.raises(cr.IntegrityError) as info:
-                guard.load()
+        with (
+            CORRUPTORS[kind](version.path, seed=3),
+            structlog.testing.capture_logs() as logs,
+            pytest.raises(cr.IntegrityError) as info,
+        ):
+            guard.load()
         assert info.value.reason == EXPECTED_REASON[kind]
         assert spy.calls == 0
         assert not guard.ready

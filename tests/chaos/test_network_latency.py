@@ -1,0 +1,581 @@
+"""Network latency (the PENIN document): timeouts, retries with backoff, no cascading.
+
+Every byte goes through the chaos kit's fault proxy (Toxiproxy's toxics, on loopback)
+in front of a real artifact server process; nothing is patched. The scenarios:
+
+- timeout: a response slower than the read timeout fails with reason ``timeout`` in
+  bounded time, never a hang, and the last known good model keeps serving;
+- retry logic: transient faults (connection reset, proxy down) are retried with a
+  real backoff schedule until the link heals; non-transient faults are not retried;
+- cascading: a FastAPI app served by uvicorn keeps answering predictions and probes
+  quickly while reloads hang on the slow upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import pathlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import stamina
+from artifact_store import ArtifactStore
+from chaos_models import Model, ModelVersion, publish, signature
+from prometheus_client import CollectorRegistry
+
+import clarity_resilience as cr
+from clarity_resilience.chaos import LoadResult, ThreadedFaultProxy, run_tasks
+from clarity_resilience.instrumentation import Event, ReloadRefused
+from clarity_resilience.sources import HttpSource
+
+pytestmark = [pytest.mark.chaos, pytest.mark.non_destructive, pytest.mark.timeout(30)]
+
+SEED = 20240601
+POLL_INTERVAL = 0.01  # seconds between two looks at an observable condition
+UPSTREAM_DELAY = 1.5  # seconds of latency on the slow upstream of the cascading scenario
+RetryDetails = stamina.instrumentation.RetryDetails
+
+
+# -- fixtures and helpers -------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Versions:
+    """Two published model versions, served by the store under their file names."""
+
+    v1: ModelVersion
+    v2: ModelVersion
+
+
+@pytest.fixture(scope="module")
+def versions(tmp_path_factory: pytest.TempPathFactory) -> Versions:
+    """Publish v1 (weights 1.0) and v2 (weights 2.0) into the store's root directory."""
+    root = tmp_path_factory.mktemp("store")
+    return Versions(publish(root, 1.0, "v1.safetensors"), publish(root, 2.0, "v2.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def store_process(versions: Versions) -> Iterator[ArtifactStore]:
+    """Run one artifact server process for the module; always terminate it."""
+    with ArtifactStore(versions.v1.path.parent) as store:
+        yield store
+
+
+@pytest.fixture
+def store(store_process: ArtifactStore) -> ArtifactStore:
+    """Return the store with faults off and its request counters at zero."""
+    store_process.control(mode="ok", reset=True)
+    return store_process
+
+
+@pytest.fixture
+def proxy(store: ArtifactStore) -> Iterator[ThreadedFaultProxy]:
+    """Put a fresh fault proxy (no toxics, counters at zero) in front of the store."""
+    with ThreadedFaultProxy("127.0.0.1", store.port, seed=SEED) as running:
+        yield running
+
+
+@pytest.fixture
+def cache(tmp_path: pathlib.Path) -> pathlib.Path:
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def make_source(
+    proxy: ThreadedFaultProxy, cache: pathlib.Path, registry: CollectorRegistry
+) -> Iterator[Callable[..., HttpSource]]:
+    """Return ``make_source(version, **options)`` fetching through the proxy; closed after."""
+    created: list[HttpSource] = []
+
+    def make(version: ModelVersion, **options: Any) -> HttpSource:
+        options.setdefault("sha256", version.sha256)
+        options.setdefault("size", version.size)
+        source = HttpSource(
+            f"{proxy.url}/{options.pop('name', version.path.name)}",
+            cache_dir=cache,
+            model="m",
+            registry=registry,
+            **options,
+        )
+        created.append(source)
+        return source
+
+    yield make
+    for source in created:
+        source.close()
+
+
+@pytest.fixture
+def no_backoff() -> Iterator[None]:
+    """Skip stamina's backoff sleeps (each source keeps its own ``attempts``)."""
+    with stamina.set_testing(True, attempts=100, cap=True):
+        yield
+
+
+@dataclasses.dataclass
+class RetryLog:
+    """Every retry stamina scheduled, and actions to run on each one."""
+
+    details: list[RetryDetails] = dataclasses.field(default_factory=list)
+    actions: list[Callable[[RetryDetails], None]] = dataclasses.field(default_factory=list)
+
+    def __call__(self, details: RetryDetails) -> None:
+        self.details.append(details)
+        for action in self.actions:
+            action(details)
+
+    def also(self, action: Callable[[RetryDetails], None]) -> None:
+        """Run ``action`` on every retry from now on (e.g. heal the link)."""
+        self.actions.append(action)
+
+
+@pytest.fixture
+def retries() -> Iterator[RetryLog]:
+    """Record every retry stamina schedules (its default hooks are replaced meanwhile)."""
+    log = RetryLog()
+    previous = stamina.instrumentation.get_on_retry_hooks()
+    stamina.instrumentation.set_on_retry_hooks([log])
+    yield log
+    stamina.instrumentation.set_on_retry_hooks(previous)
+
+
+def make_guard(source: HttpSource, registry: CollectorRegistry) -> cr.ModelGuard[Model]:
+    return cr.ModelGuard("m", source=source, loader=cr.loaders.safetensors, registry=registry)
+
+
+def cache_listing(cache: pathlib.Path) -> list[str]:
+    return sorted(os.listdir(cache)) if cache.exists() else []
+
+
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    return registry.get_sample_value(name, labels) or 0.0
+
+
+# -- scenario 1: timeout --------------------------------------------------------------
+
+
+class TestTimeout:
+    @pytest.mark.parametrize(
+        ("latency", "timeout", "attempts"),
+        [
+            pytest.param(
+                6.0, None, 2, marks=pytest.mark.slow, id="6s-latency-vs-default-5s-timeout"
+            ),
+            pytest.param(0.75, 0.5, 1, id="0.75s-latency-vs-0.5s-timeout"),
+        ],
+    )
+    def test_response_slower_than_the_timeout_fails_closed_in_bounded_time(
+        self,
+        store: ArtifactStore,
+        proxy: ThreadedFaultProxy,
+        versions: Versions,
+        cache: pathlib.Path,
+        registry: CollectorRegistry,
+        events: list[Event],
+        make_source: Callable[..., HttpSource],
+        no_backoff: None,
+        latency: float,
+        timeout: float | None,
+        attempts: int,
+    ) -> None:
+        """A reload whose responses lag past the read timeout fails with timeout, not a hang."""
+        v1, v2 = versions.v1, versions.v2
+        guard = make_guard(make_source(v1), registry)
+        guard.load()
+        options: dict[str, Any] = {"attempts": attempts}
+        if timeout is not None:
+            options["timeout"] = timeout
+        source = make_source(v2, **options)
+        proxy.latency(latency * 1000)
+
+        started = time.perf_counter()
+        with pytest.raises(cr.IntegrityError) as info:
+            guard.reload(source=source)
+        elapsed = time.perf_counter() - started
+
+        read_timeout = 5.0 if timeout is None else timeout  # None: HttpSource's default
+        assert info.value.reason is cr.Reason.TIMEOUT
+        assert isinstance(info.value.__cause__, httpx.ReadTimeout)
+        # Every attempt gave up at the read timeout; none waited for the slow response.
+        assert attempts * read_timeout <= elapsed < attempts * latency
+        assert store.requests(v2.path.name) == attempts
+        assert proxy.connections_total == 1 + attempts  # v1's load, then one per attempt
+        assert guard.predict(signature) == v1.signature
+        assert [e.reason for e in events if isinstance(e, ReloadRefused)] == [cr.Reason.TIMEOUT]
+        assert sample(registry, "model_integrity_failures_total", model="m", reason="timeout") == 1
+        assert cache_listing(cache) == [v1.sha256]  # no partial file, nothing for v2
+
+    def test_latency_under_the_timeout_is_tolerated(
+        self,
+        proxy: ThreadedFaultProxy,
+        versions: Versions,
+        cache: pathlib.Path,
+        registry: CollectorRegistry,
+        make_source: Callable[..., HttpSource],
+        no_backoff: None,
+    ) -> None:
+        """A response that lags but stays under the read timeout is downloaded, once."""
+        v1 = versions.v1
+        proxy.latency(300)
+        started = time.perf_counter()
+        path = make_source(v1, timeout=0.6, attempts=1).fetch()
+        elapsed = time.perf_counter() - started
+        assert elapsed >= 0.3  # the toxic really delayed the response
+        assert cr.read_verified(path, sha256=v1.sha256) == v1.data
+        assert proxy.connections_total == 1
+
+
+# -- scenario 2: retry logic ----------------------------------------------------------
+
+
+class TestRetries:
+    @pytest.mark.parametrize("failures", [pytest.param(n, id=f"{n}-resets") for n in (1, 2)])
+    def test_connection_resets_are_retried_until_the_link_heals(
+        self,
+        store: ArtifactStore,
+        proxy: ThreadedFaultProxy,
+        versions: Versions,
+        make_source: Callable[..., HttpSource],
+        no_backoff: None,
+        retries: RetryLog,
+        failures: int,
+    ) -> None:
+        """Each reset connection is retried; the attempt after the link heals succeeds."""
+        v2 = versions.v2
+        toxic = proxy.reset_peer()
+
+        def heal(details: RetryDetails) -> None:
+            if details.retry_num == failures:
+                proxy.remove_toxic(toxic)
+
+        retries.also(heal)
+        path = make_source(v2, attempts=3).fetch()
+
+        assert cr.read_verified(path, sha256=v2.sha256, size=v2.size) == v2.data
+        assert [type(d.caused_by) for d in retries.details] == [httpx.ReadError] * failures
+        assert store.requests(v2.path.name) == failures + 1
+        assert proxy.connections_total == failures + 1
+
+    def test_proxy_down_is_retried_until_it_is_up(
+        self,
+        store: ArtifactStore,
+        proxy: ThreadedFaultProxy,
+        versions: Versions,
+        make_source: Callable[..., HttpSource],
+        no_backoff: None,
+        retries: RetryLog,
+    ) -> None:
+        """A refused connection is retried; the store is reached once the link is back up."""
+        v2 = versions.v2
+        proxy.down()
+        retries.also(lambda details: proxy.up())
+        path = make_source(v2, attempts=3).fetch()
+
+        assert cr.read_verified(path, sha256=v2.sha256, size=v2.size) == v2.data
+        assert [type(d.caused_by) for d in retries.details] == [httpx.ConnectError]
+        assert store.requests(v2.path.name) == 1
+        assert proxy.connections_total == 1
+
+    def test_backoff_between_attempts_is_real_and_exponential(
+        self,
+        store: ArtifactStore,
+        proxy: ThreadedFaultProxy,
+        versions: Versions,
+        make_source: Callable[..., HttpSource],
+        retries: RetryLog,
+    ) -> None:
+        """Without testing mode, stamina really waits 50, 100, then 200 ms between attempts."""
+        v2 = versions.v2
+        toxic = proxy.reset_peer()
+        scheduled_at: list[float] = []
+
+        def heal(details: RetryDetails) -> None:
+            scheduled_at.append(time.perf_counter())
+            if details.retry_num == 3:
+                proxy.remove_toxic(toxic)
+
+        retries.also(heal)
+        source = make_source(v2, attempts=4, wait_initial=0.05, wait_max=1.0, wait_jitter=0.0)
+        with stamina.set_testing(False):
+            source.fetch()
+        done_at = time.perf_counter()
+
+        waits = [d.wait_for for d in retries.details]
+        assert waits == pytest.approx([0.05, 0.1, 0.2])
+        # Each wait really elapsed before the next attempt (one attempt takes ~10 ms).
+        gaps = [b - a for a, b in zip(scheduled_at, [*scheduled_at[1:], done_at], strict=True)]
+        assert all(gap >= wait for gap, wait in zip(gaps, waits, strict=True)), gaps
+        assert store.requests(v2.path.name) == 4
+
+    def test_persistent_resets_give_up_after_the_attempts(
+        self,
+        store: ArtifactStore,
+        proxy: ThreadedFaultProxy,
+        versions: Versions,
+        cache: pathlib.Path,
+        registry: CollectorRegistry,
+        make_source: Callable[..., HttpSource],
+        no_backoff: None,
+        retries: RetryLog,
+    ) -> None:
+        """A link that never heals gets exactly ``attempts`` tries, then fetch_error."""
+        v2 = versions.v2
+        proxy.reset_peer()
+        with pytest.raises(cr.IntegrityError) as info:
+            make_source(v2, attempts=3).fetch()
+        assert info.value.reason is cr.Reason.FETCH_ERROR
+        assert isinstance(info.value.__cause__, httpx.ReadError)
+        assert len(retries.details) == 2
+        assert store.requests(v2.path.name) == 3
+        assert proxy.connections_total == 3
+        assert cache_listing(cache) == []
+        assert (
+            sample(registry, "model_integrity_failures_total", model="m", reason="fetch_error")
+            == 1
+        )
+
+    @pytest.mark.parametrize(
+        ("options", "error", "reason"),
+        [
+            pytest.param(
+                {"name": "missing.safetensors"}, cr.IntegrityError, cr.Reason.FETCH_ERROR, id="404"
+            ),
+            pytest.param(
+                {"sha256": "0" * 64, "size": None},
+                cr.ChecksumMismatchError,
+                cr.Reason.CHECKSUM_MISMATCH,
+                id="digest-mismatch",
+            ),
+            pytest.param(
+                {"size": 1000}, cr.SizeMismatchError, cr.Reason.SIZE_MISMATCH, id="size-mismatch"
+            ),
+        ],
+    )
+    def test_non_transient_faults_are_not_retried(
+        self,
+        store: ArtifactStore,
+        proxy: ThreadedFaultProxy,
+        versions: Versions,
+        cache: pathlib.Path,
+        make_source: Callable[..., HttpSource],
+        no_backoff: None,
+        retries: RetryLog,
+        options: dict[str, Any],
+        error: type[cr.IntegrityError],
+        reason: cr.Reason,
+    ) -> None:
+        """A 404 or bytes that fail verification are refused after exactly one request."""
+        v2 = versions.v2
+        name = options.get("name", v2.path.name)
+        with pytest.raises(error) as info:
+            make_source(v2, attempts=3, **options).fetch()
+        assert info.value.reason is reason
+        assert retries.details == []
+        assert store.requests(name) == 1
+        assert proxy.connections_total == 1
+        assert cache_listing(cache) == []
+
+
+# -- scenario 3: cascading ------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class ReloadCounter:
+    """How many ``/admin/reload`` requests the app has started and finished."""
+
+    started: int = 0
+    finished: int = 0
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+    def start(self) -> None:
+        with self.lock:
+            self.started += 1
+
+    def finish(self) -> None:
+        with self.lock:
+            self.finished += 1
+
+
+def serving_app(
+    guard: cr.ModelGuard[Model], new_source: Callable[[], HttpSource], counter: ReloadCounter
+) -> Any:
+    """Build the FastAPI app under test: predictions, probes and an admin reload."""
+    from fastapi import FastAPI
+
+    from clarity_resilience.degradation.fastapi import install
+
+    app = FastAPI()
+    install(app, guard)
+
+    @app.post("/predict")
+    async def predict() -> dict[str, float]:
+        return {"value": await guard.predict_async(signature)}
+
+    @app.post("/admin/reload")
+    async def reload() -> dict[str, str]:
+        counter.start()
+        try:
+            with new_source() as source:
+                await guard.reload_async(source=source)
+        finally:
+            counter.finish()
+        return {"status": "promoted"}
+
+    return app
+
+
+async def wait_until(condition: Callable[[], bool], *, what: str, timeout: float = 10.0) -> None:
+    """Return once ``condition()`` holds, polled on the event loop until ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(POLL_INTERVAL)  # sleep-ok: poll interval; the condition synchronizes
+
+
+@dataclasses.dataclass(frozen=True)
+class CascadeRun:
+    """What happened while the reloads hung on the slow upstream."""
+
+    predictions: LoadResult[tuple[int, float]]  # (status, predicted value) per request
+    probes: LoadResult[int]  # status per /livez request
+    in_flight_after: int  # reload requests still unanswered when the traffic ended
+    reload_statuses: list[int]
+
+
+async def run_cascade(
+    proxy: ThreadedFaultProxy,
+    guard: cr.ModelGuard[Model],
+    new_source: Callable[[], HttpSource],
+    *,
+    reloads: int,
+    requests: int,
+) -> CascadeRun:
+    """Serve the app, start ``reloads`` slow reloads, then send predictions and probes."""
+    import http_servers
+
+    counter = ReloadCounter()
+    app = serving_app(guard, new_source, counter)
+    proxy.latency(UPSTREAM_DELAY * 1000)
+    sent_before = proxy.bytes_upstream
+    with http_servers.serve_asgi(app) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            pending = [asyncio.create_task(client.post("/admin/reload")) for _ in range(reloads)]
+            # Every reload request is inside the app, and the first download's request
+            # has reached the store (the upstream direction carries no toxic).
+            await wait_until(
+                lambda: counter.started == reloads and proxy.bytes_upstream > sent_before,
+                what="every reload to be in flight",
+            )
+
+            async def predict(call: Any) -> tuple[int, float]:
+                response = await client.post("/predict")
+                return response.status_code, response.json().get("value")
+
+            async def probe(call: Any) -> int:
+                return (await client.get("/livez")).status_code
+
+            predictions, probes = await asyncio.gather(
+                run_tasks(predict, tasks=5, iterations=requests // 5, seed=SEED),
+                run_tasks(probe, tasks=5, iterations=requests // 5, seed=SEED),
+            )
+            in_flight_after = sum(not task.done() for task in pending)
+            statuses = [response.status_code for response in await asyncio.gather(*pending)]
+    return CascadeRun(predictions, probes, in_flight_after, statuses)
+
+
+class TestCascading:
+    @pytest.mark.parametrize(
+        ("reload_timeout", "outcome"),
+        [
+            pytest.param(0.4, "refused", id="reloads-time-out"),
+            pytest.param(5.0, "promoted", id="reloads-succeed"),
+        ],
+    )
+    @pytest.mark.asyncio
+    async def test_slow_reloads_do_not_block_predictions_or_probes(
+        self,
+        store: ArtifactStore,
+        proxy: ThreadedFaultProxy,
+        versions: Versions,
+        registry: CollectorRegistry,
+        make_source: Callable[..., HttpSource],
+        reload_timeout: float,
+        outcome: str,
+    ) -> None:
+        """While 5 reloads hang on a 1.5 s upstream, 50 predictions and probes answer fast."""
+        v1, v2 = versions.v1, versions.v2
+        guard = make_guard(make_source(v1), registry)
+        await guard.load_async()
+
+        run = await run_cascade(
+            proxy,
+            guard,
+            lambda: make_source(v2, timeout=reload_timeout, attempts=1),
+            reloads=5,
+            requests=50,
+        )
+
+        assert_served_fast(run, allowed={v1.signature, v2.signature})
+        if outcome == "refused":
+            assert run.reload_statuses == [503] * 5
+            assert guard.predict(signature) == v1.signature
+            assert (
+                sample(registry, "model_integrity_failures_total", model="m", reason="timeout")
+                == 5
+            )
+        else:
+            assert run.reload_statuses == [200] * 5
+            assert guard.predict(signature) == v2.signature
+            assert store.requests(v2.path.name) == 1  # the others found it verified in cache
+
+    @pytest.mark.asyncio
+    async def test_reload_burst_larger_than_the_thread_pool_does_not_starve_predictions(
+        self,
+        store: ArtifactStore,
+        proxy: ThreadedFaultProxy,
+        versions: Versions,
+        registry: CollectorRegistry,
+        make_source: Callable[..., HttpSource],
+    ) -> None:
+        """More concurrent reloads than asyncio's default worker threads leave predictions fast."""
+        v1, v2 = versions.v1, versions.v2
+        guard = make_guard(make_source(v1), registry)
+        await guard.load_async()
+        # asyncio's default executor (which asyncio.to_thread uses) has this many threads.
+        workers = min(32, (getattr(os, "process_cpu_count", os.cpu_count)() or 1) + 4)
+
+        run = await run_cascade(
+            proxy,
+            guard,
+            lambda: make_source(v2, timeout=5.0, attempts=1),
+            reloads=workers + 2,
+            requests=50,
+        )
+
+        assert_served_fast(run, allowed={v1.signature, v2.signature})
+        assert run.reload_statuses == [200] * (workers + 2)
+
+
+def assert_served_fast(run: CascadeRun, *, allowed: set[float]) -> None:
+    """Assert every prediction and probe answered 200, quickly, while reloads hung."""
+    run.predictions.raise_for_untyped()
+    run.probes.raise_for_untyped()
+    assert run.predictions.counts() == {"ok": len(run.predictions.outcomes)}
+    assert run.probes.counts() == {"ok": len(run.probes.outcomes)}
+    answers = [o.value for o in run.predictions.outcomes if o.value is not None]
+    assert len(answers) == len(run.predictions.outcomes)
+    assert {status for status, _ in answers} == {200}
+    assert {value for _, value in answers} <= allowed
+    assert {o.value for o in run.probes.outcomes} == {200}
+    durations = [o.duration for o in run.predictions.outcomes]
+    slowest = max(durations + [o.duration for o in run.probes.outcomes])
+    assert slowest < UPSTREAM_DELAY / 2, f"a request took {slowest:.2f} s"
+    # The traffic really overlapped the reloads: some were still unanswered at its end.
+    assert run.in_flight_after >= 1
