@@ -13,11 +13,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import itertools
 import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar, overload
 
 from .exceptions import CircuitOpenError, InvalidInputError
 from .instrumentation import BreakerRegistered, BreakerStateChanged, CallRejected, Emitter
@@ -126,8 +128,12 @@ class Breaker:
             name=name,
             throw_new_error_on_trip=False,
         )
+        self._reset_seconds = float(reset_timeout)
+        self._deadline: tuple[datetime | None, float] = (None, 0.0)
         self._lock = threading.Lock()
         self._trials = 0
+        # Rejections since the last transition (next() on a count is atomic in CPython).
+        self._rejections = itertools.count(1)
         self._emitter = Emitter(registry)
         self._seen = self._storage.state
         self._emitter.emit(BreakerRegistered(breaker=name, state=self._seen))
@@ -167,7 +173,7 @@ class Breaker:
         if state == OPEN:
             return max(0.0, self._open_remaining())
         if state == HALF_OPEN and self._trials >= self.half_open_permits:
-            return min(_TRIAL_IN_FLIGHT_RETRY_AFTER, self.reset_timeout)
+            return min(_TRIAL_IN_FLIGHT_RETRY_AFTER, self._reset_seconds)
         return 0.0
 
     # -- calling --------------------------------------------------------------------
@@ -251,15 +257,22 @@ class Breaker:
     def _admit(self) -> bool:
         """Admit a call or raise :class:`CircuitOpenError`; return whether it is a trial."""
         state = self._storage.state
-        if state == CLOSED and self._seen == CLOSED:
+        seen = self._seen
+        if state == CLOSED and seen == CLOSED:
             return False  # the hot path: no lock, nothing to record
-        rejected: CallRejected | None = None
+        if state == OPEN and seen == OPEN:
+            # Open, and the opening already reported: until the timeout has passed
+            # nothing can change, so reject without taking the lock.
+            remaining = self._open_remaining()
+            if remaining > 0:
+                self._reject(OPEN, remaining)
+        rejected: tuple[str, float] | None = None
         with self._lock:
             state = self._observe()
             if state == OPEN:
                 remaining = self._open_remaining()
                 if remaining > 0:
-                    rejected = CallRejected(breaker=self.name, state=OPEN, retry_after=remaining)
+                    rejected = (OPEN, remaining)
                 else:
                     self._cb.half_open()
                     state = self._observe()
@@ -267,15 +280,22 @@ class Breaker:
                 if self._trials < self.half_open_permits:
                     self._trials += 1
                     return True
-                rejected = CallRejected(
-                    breaker=self.name,
-                    state=HALF_OPEN,
-                    retry_after=min(_TRIAL_IN_FLIGHT_RETRY_AFTER, self.reset_timeout),
-                )
+                rejected = (HALF_OPEN, min(_TRIAL_IN_FLIGHT_RETRY_AFTER, self._reset_seconds))
         if rejected is None:
             return False
-        self._emitter.emit(rejected)
-        raise CircuitOpenError(self.name, rejected.retry_after)
+        self._reject(*rejected)
+
+    def _reject(self, state: str, retry_after: float) -> NoReturn:
+        """Report a rejection (outside the lock) and raise :class:`CircuitOpenError`."""
+        self._emitter.emit(
+            CallRejected(
+                breaker=self.name,
+                state=state,
+                retry_after=retry_after,
+                rejected_since_open=next(self._rejections),
+            )
+        )
+        raise CircuitOpenError(self.name, retry_after)
 
     def _is_ignored(self, exc: BaseException) -> bool:
         if not isinstance(exc, Exception) or isinstance(exc, self._ignored_types):
@@ -316,12 +336,17 @@ class Breaker:
         """Return the stored state, emitting a transition if it changed (lock held)."""
         state = str(self._storage.state)
         if state != self._seen:
-            old, self._seen = self._seen, state
             # Emitted under the lock so hooks see transitions in order; hooks that raise
             # are contained by the emitter and cannot break the breaker.
-            self._emitter.emit(
-                BreakerStateChanged(breaker=self.name, old_state=old, new_state=state)
-            )
+            try:
+                self._emitter.emit(
+                    BreakerStateChanged(breaker=self.name, old_state=self._seen, new_state=state)
+                )
+            finally:
+                # Published after the event: the lock-free paths that read _seen (closed
+                # calls, rejections while open) never run ahead of the transition's report.
+                self._rejections = itertools.count(1)
+                self._seen = state
         return state
 
     def _open_remaining(self) -> float:
@@ -329,8 +354,13 @@ class Breaker:
         opened_at = self._storage.opened_at
         if opened_at is None:
             return 0.0
-        elapsed = (datetime.now(UTC) - opened_at).total_seconds()
-        return float(self._cb.reset_timeout) - elapsed
+        cached_at, deadline = self._deadline
+        if opened_at != cached_at:  # a new opening (or another process's, via Redis)
+            deadline = opened_at.timestamp() + self._reset_seconds
+            self._deadline = (opened_at, deadline)
+        # time.time() and pybreaker's datetime.now(UTC) are the same clock (time-machine
+        # moves both); a float subtraction is cheaper than datetime arithmetic per call.
+        return deadline - time.time()
 
 
 class _Guard:

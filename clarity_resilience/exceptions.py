@@ -155,8 +155,11 @@ class CircuitOpenError(ModelUnavailableError):
     reason = Reason.BREAKER_OPEN
 
     def __init__(self, breaker: str, retry_after: float) -> None:
-        super().__init__(
-            f"circuit breaker {breaker!r} is open; retry in {retry_after:.1f}s",
-            retry_after=retry_after,
-        )
+        # Raised on every rejection, so it is kept cheap: the message is formatted only
+        # when someone reads it.
+        Exception.__init__(self, breaker, retry_after)
         self.breaker = breaker
+        self.retry_after = float(retry_after) if retry_after > 0 else 0.0
+
+    def __str__(self) -> str:
+        return f"circuit breaker {self.breaker!r} is open; retry in {self.retry_after:.1f}s"

@@ -186,6 +186,26 @@ class TestStructlog:
         assert rejected["retry_after"] == pytest.approx(60.0)
         assert rejected["state"] == "open"
 
+    def test_rejections_are_all_counted_and_sampled_in_the_log(
+        self, registry: CollectorRegistry, clock: time_machine.Traveller
+    ) -> None:
+        """1500 rejections: 1500 counted; logged at the 1st, 10th, 100th and 1000th."""
+        breaker = Breaker("b", fail_max=1, registry=registry)
+        with pytest.raises(RuntimeError):
+            breaker.call(boom)
+        with structlog.testing.capture_logs() as logs:
+            for _ in range(1500):
+                with pytest.raises(CircuitOpenError):
+                    breaker.call(lambda: None)
+            clock.shift(60)
+            with pytest.raises(RuntimeError):
+                breaker.call(boom)  # the trial fails: open again, the count restarts
+            with pytest.raises(CircuitOpenError):
+                breaker.call(lambda: None)
+        rejected = [e for e in logs if e["event"] == "clarity_resilience.call_rejected"]
+        assert [e["rejected_since_open"] for e in rejected] == [1, 10, 100, 1000, 1]
+        assert sample(registry, "circuit_breaker_rejections_total", breaker="b") == 1501.0
+
     def test_reasons_are_logged_as_plain_strings(self) -> None:
         """Reason codes reach logs as their string values, not enum reprs."""
         with structlog.testing.capture_logs() as logs:

@@ -38,11 +38,18 @@ class Event:
 
     def fields(self) -> dict[str, Any]:
         """Return the event's fields as a flat dict (enums as their string values)."""
-        return {
-            f.name: str(value) if isinstance(value, Reason) else value
-            for f in dataclasses.fields(self)
-            for value in (getattr(self, f.name),)
-        }
+        cls = type(self)
+        names = _FIELD_NAMES.get(cls)
+        if names is None:  # once per event class: dataclasses.fields() is slow
+            names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+        fields: dict[str, Any] = {}
+        for name in names:
+            value = getattr(self, name)
+            fields[name] = str(value) if isinstance(value, Reason) else value
+        return fields
+
+
+_FIELD_NAMES: dict[type[Event], tuple[str, ...]] = {}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -73,13 +80,19 @@ class BreakerStateChanged(Event):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class CallRejected(Event):
-    """A breaker denied a call without running it."""
+    """A breaker denied a call without running it.
+
+    Attributes:
+        rejected_since_open: How many calls this breaker has rejected since it last
+            changed state, this one included (1 for the first rejection).
+    """
 
     name: ClassVar[str] = "clarity_resilience.call_rejected"
     level: ClassVar[str] = "warning"
     breaker: str
     state: str
     retry_after: float
+    rejected_since_open: int = 1
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

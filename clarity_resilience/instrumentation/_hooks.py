@@ -141,11 +141,14 @@ class Emitter:
 
     def emit(self, event: Event) -> None:
         """Call every hook with ``event``; a hook that raises is logged once, then skipped over."""
-        try:
-            hooks = self._resolve()
-        except Exception:  # noqa: BLE001 - a failed hook factory must never break the caller
-            _report_failure("hook factory", event)
-            return
+        if self._generation == _CONFIG.generation:  # the hot path: nothing reconfigured
+            hooks = self._hooks
+        else:
+            try:
+                hooks = self._resolve()
+            except Exception:  # noqa: BLE001 - a failed hook factory must never break the caller
+                _report_failure("hook factory", event)
+                return
         for hook in hooks:
             try:
                 hook(event)
