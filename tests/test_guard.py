@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import structlog
 import time_machine
 from prometheus_client import CollectorRegistry
 from safetensors.numpy import save
@@ -387,6 +388,29 @@ class TestPredict:
             clock.shift(60)
             assert guard.predict(total) == 64 * 64 + 64
         assert guard.breaker.state == "closed"
+
+    def test_rejected_predictions_are_counted_each_and_audited_once(
+        self, model_file: tuple[pathlib.Path, str], registry: CollectorRegistry
+    ) -> None:
+        """50 denials by an open breaker: 50 counted; sampled audit lines carry the reason."""
+        guard = make_guard(*model_file, registry, breaker=cr.Breaker("m", fail_max=1))
+        guard.load()
+
+        def broken(model: object) -> None:
+            raise RuntimeError
+
+        with pytest.raises(RuntimeError):
+            guard.predict(broken)
+        with structlog.testing.capture_logs() as logs:
+            for _ in range(50):
+                with pytest.raises(cr.CircuitOpenError):
+                    guard.predict(total)
+        denials = [e for e in logs if e.get("reason") == "breaker_open"]
+        assert [(e["event"], e["rejected_since_open"]) for e in denials] == [
+            ("clarity_resilience.call_rejected", 1),
+            ("clarity_resilience.call_rejected", 10),
+        ]
+        assert sample(registry, "prediction_failure_total", model="m", reason="breaker_open") == 50
 
     @pytest.mark.parametrize(
         "error",

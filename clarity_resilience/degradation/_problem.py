@@ -7,6 +7,7 @@ Nothing here imports a web framework: the adapters turn a :class:`Problem` or a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from collections.abc import Iterable
@@ -148,20 +149,11 @@ class Problem:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the body members: ``type``, ``title``, ``status``, ``detail``, ``reason``."""
-        document: dict[str, Any] = {
-            "type": self.type,
-            "title": self.title,
-            "status": self.status,
-            "detail": self.detail,
-            "reason": self.reason,
-        }
-        if self.errors:
-            document["errors"] = [{"loc": list(e.loc), "type": e.type} for e in self.errors]
-        return document
+        return dict(json.loads(self.body()))
 
     def body(self) -> bytes:
-        """Return the JSON body as bytes."""
-        return _dump(self.to_dict())
+        """Return the JSON body as bytes (the same few documents again and again: cached)."""
+        return _problem_body(self)
 
 
 class HealthResponse(NamedTuple):
@@ -342,6 +334,25 @@ def _health(
     if retry_after is not None:
         headers.append(("Retry-After", str(retry_after)))
     return HealthResponse(status, headers, _dump(document))
+
+
+@functools.lru_cache(maxsize=512)
+def _problem_body(problem: Problem) -> bytes:
+    """Serialize a problem body.
+
+    The 503 path of an open breaker answers the same few problems thousands of times a
+    second (they differ only in ``Retry-After``, a header), so bodies are cached.
+    """
+    document: dict[str, Any] = {
+        "type": problem.type,
+        "title": problem.title,
+        "status": problem.status,
+        "detail": problem.detail,
+        "reason": problem.reason,
+    }
+    if problem.errors:
+        document["errors"] = [{"loc": list(e.loc), "type": e.type} for e in problem.errors]
+    return _dump(document)
 
 
 def _dump(document: dict[str, Any]) -> bytes:

@@ -93,6 +93,7 @@ class CallRejected(Event):
     state: str
     retry_after: float
     rejected_since_open: int = 1
+    reason: Reason = Reason.BREAKER_OPEN
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

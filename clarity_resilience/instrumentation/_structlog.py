@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._events import CallRejected, Event
+from .._reasons import Reason
+from ._events import CallRejected, Event, PredictionFailed
 from ._hooks import HookFactory
 
 if TYPE_CHECKING:
@@ -90,8 +91,10 @@ class StructlogHook:
         return bound
 
     def __call__(self, event: Event, /) -> None:
-        if type(event) is CallRejected and not logs_rejection(event.rejected_since_open):
+        if isinstance(event, CallRejected) and not logs_rejection(event.rejected_since_open):
             return
+        if isinstance(event, PredictionFailed) and event.reason is Reason.BREAKER_OPEN:
+            return  # the breaker's own (sampled) call_rejected line audits this denial
         bound = self._logger()
         level = event.level
         if level in bound.skipped:
