@@ -62,7 +62,7 @@ class Backend:
     def __init__(self) -> None:
         self.failing = False
 
-    def __call__(self, model: linear_model.Model, features: Sequence[float]) -> float:
+    def __call__(self, model: linear_model.Model, features: Sequence[object]) -> float:
         """Predict, or crash while ``failing`` is set."""
         if self.failing:
             raise RuntimeError("CUDA error: an illegal memory access was encountered")

@@ -34,7 +34,7 @@ from clarity_resilience.degradation.fastapi import install, model_dependency
 DEFAULT_DIR = pathlib.Path(os.environ.get("CLARITY_MODEL_DIR", ".demo/model"))
 log = logging.getLogger("fastapi_app")
 
-Predictor = Callable[[linear_model.Model, Sequence[float]], float]
+Predictor = Callable[[linear_model.Model, Sequence[object]], float]
 
 
 class PredictRequest(BaseModel):

@@ -31,7 +31,7 @@ DEFAULT_DIR = pathlib.Path(os.environ.get("CLARITY_MODEL_DIR", ".demo/model"))
 MAX_BODY_BYTES = 16 * 1024
 log = logging.getLogger("flask_app")
 
-Predictor = Callable[[linear_model.Model, Sequence[float]], float]
+Predictor = Callable[[linear_model.Model, Sequence[object]], float]
 
 
 def create_app(

@@ -77,8 +77,11 @@ def make_guard(
     )
 
 
-def predict(model: Model, features: Sequence[float]) -> float:
-    """Score one example; bad input raises InvalidInputError (a 422, never a breaker trip)."""
+def predict(model: Model, features: Sequence[object]) -> float:
+    """Score one example; bad input raises InvalidInputError (a 422, never a breaker trip).
+
+    ``features`` may come straight from untrusted JSON, so every item is checked.
+    """
     if len(features) != N_FEATURES:
         raise cr.InvalidInputError(f"expected {N_FEATURES} features, got {len(features)}")
     if not all(

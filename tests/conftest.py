@@ -19,8 +19,8 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 def pytest_configure(config: pytest.Config) -> None:
     """Under nox, refuse to run against the source tree instead of the installed wheel."""
     if os.environ.get("CLARITY_TEST_INSTALLED") == "1":
-        source = pathlib.Path(clarity_resilience.__file__).resolve()
-        if REPO in source.parents:
+        source = pathlib.Path(clarity_resilience.__file__).resolve().parent
+        if source == REPO / "clarity_resilience":
             raise pytest.UsageError(f"tests imported the checkout ({source}), not the wheel")
 
 
