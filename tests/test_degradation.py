@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import pathlib
 import subprocess
 import sys
 from collections.abc import Iterator
-from typing import Any
 
-import numpy as np
 import pytest
 import time_machine
+from degradation_helpers import corrupt, frozen_clock, make_guard, write_model
 from prometheus_client import CollectorRegistry
-from safetensors.numpy import save_file
 
 import clarity_resilience as cr
-from clarity_resilience import degradation, loaders
+from clarity_resilience import degradation
 from clarity_resilience.degradation import (
     INTEGRITY_RETRY_AFTER,
     UNAVAILABLE_RETRY_AFTER,
@@ -30,14 +27,11 @@ from clarity_resilience.degradation import (
     readiness,
 )
 
-T0 = dt.datetime(2026, 11, 21, 12, 0, 0, tzinfo=dt.UTC)
-DIGEST = "ab" * 32
-
 
 @pytest.fixture
 def clock() -> Iterator[time_machine.Traveller]:
     """Freeze time at T0 (pybreaker's clock)."""
-    with time_machine.travel(T0, tick=False) as traveller:
+    with frozen_clock() as traveller:
         yield traveller
 
 
@@ -45,30 +39,7 @@ def clock() -> Iterator[time_machine.Traveller]:
 def model_file(tmp_path: pathlib.Path) -> tuple[pathlib.Path, str]:
     """Write a small real safetensors model; return its path and SHA-256."""
     path = tmp_path / "ranker.safetensors"
-    save_file({"weight": np.ones((4, 2), dtype=np.float32)}, str(path))
-    return path, cr.sha256_file(path)
-
-
-def make_guard(
-    name: str, path: pathlib.Path, sha256: str, registry: CollectorRegistry, **options: Any
-) -> cr.ModelGuard[Any]:
-    """Return a guard with its own breaker, recording into ``registry``."""
-    options.setdefault("loader", loaders.safetensors)
-    return cr.ModelGuard(
-        name,
-        path=path,
-        sha256=sha256,
-        breaker=cr.Breaker(name, registry=registry),
-        registry=registry,
-        **options,
-    )
-
-
-def corrupt(path: pathlib.Path) -> None:
-    """Flip the last byte of ``path`` (same size, different digest)."""
-    data = bytearray(path.read_bytes())
-    data[-1] ^= 0xFF
-    path.write_bytes(bytes(data))
+    return path, write_model(path)
 
 
 # -- problem_for ----------------------------------------------------------------------
@@ -259,7 +230,7 @@ class TestReadiness:
         self, model_file: tuple[pathlib.Path, str], registry: CollectorRegistry
     ) -> None:
         """An unloaded guard is 503 with its unavailable Retry-After; loaded it is 200."""
-        guard = make_guard("ranker", *model_file, registry, unavailable_retry_after=7)
+        guard = make_guard(*model_file, registry, unavailable_retry_after=7)
         status, headers, body = readiness(guard)
         assert status == 503
         assert dict(headers)["Retry-After"] == "7"
@@ -283,7 +254,7 @@ class TestReadiness:
         """A guard whose load failed integrity is 503 integrity_failure, with no digest shown."""
         path, sha256 = model_file
         corrupt(path)
-        guard = make_guard("ranker", path, sha256, registry)
+        guard = make_guard(path, sha256, registry)
         with pytest.raises(cr.ChecksumMismatchError):
             guard.load()
         status, headers, body = readiness(guard)
@@ -305,7 +276,7 @@ class TestReadiness:
         def refuse(data: bytes) -> object:
             raise cr.ModelLoadError("the loader refused the bytes")
 
-        guard = make_guard("ranker", path, cr.sha256_file(path), registry, loader=refuse)
+        guard = make_guard(path, cr.sha256_file(path), registry, loader=refuse)
         for _ in range(5):
             with pytest.raises(cr.ModelLoadError):
                 guard.load()
@@ -321,9 +292,9 @@ class TestReadiness:
         registry: CollectorRegistry,
     ) -> None:
         """One guard not ready keeps readiness at 503, and every guard is listed."""
-        ready = make_guard("ranker", *model_file, registry)
+        ready = make_guard(*model_file, registry)
         ready.load()
-        waiting = make_guard("embedder", *model_file, registry)
+        waiting = make_guard(*model_file, registry, name="embedder")
         status, _, body = readiness(ready, waiting)
         assert status == 503
         assert [m["model"] for m in json.loads(body)["models"]] == ["ranker", "embedder"]

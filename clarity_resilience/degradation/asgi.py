@@ -6,21 +6,11 @@ Starlette or FastAPI app with ``app.add_middleware(DegradationMiddleware, ...)``
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
 
-from ._problem import (
-    HealthResponse,
-    Problem,
-    RequestBodyTooLarge,
-    body_too_large_problem,
-    liveness,
-    problem_for,
-    readiness,
-)
-
-if TYPE_CHECKING:
-    from .._guard import ModelGuard
+from ._middleware import DegradationMiddlewareBase
+from ._problem import Problem, RequestBodyTooLarge, body_too_large_problem, problem_for
 
 __all__ = ["DegradationMiddleware"]
 
@@ -34,10 +24,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 # app) sends its 500 *before* re-raising. A 500 is held back up to this size so that
 # the exception following it can still be answered with a problem instead.
 _HELD_500_LIMIT = 64 * 1024
-_PROBE_METHODS = ("GET", "HEAD")
 
 
-class DegradationMiddleware:
+class DegradationMiddleware(DegradationMiddlewareBase[ASGIApp]):
     """Answer this library's exceptions with problem responses, and serve probes.
 
     For HTTP requests:
@@ -68,34 +57,14 @@ class DegradationMiddleware:
         ValueError: ``max_body_size`` is negative.
     """
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        guards: Iterable[ModelGuard[Any]] = (),
-        livez: str | None = "/livez",
-        readyz: str | None = "/readyz",
-        max_body_size: int | None = None,
-    ) -> None:
-        if max_body_size is not None and max_body_size < 0:
-            raise ValueError(f"max_body_size must be >= 0 or None, got {max_body_size!r}")
-        self.app = app
-        self.guards = tuple(guards)
-        self.livez = livez
-        self.readyz = readyz if self.guards else None
-        self.max_body_size = max_body_size
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve a probe, refuse an oversized body, or run the app and answer its errors."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = scope["path"]
-        if path == self.livez:
-            await _send_health(liveness(), scope, send)
-            return
-        if path == self.readyz:
-            await _send_health(readiness(*self.guards), scope, send)
+        probe = self._probe(scope["path"], scope.get("method", "GET"))
+        if probe is not None:
+            await _send(probe.status, probe.headers, probe.body, scope, send)
             return
         limit = self.max_body_size
         if limit is not None:
@@ -218,13 +187,6 @@ def _content_length(scope: Scope) -> int | None:
 
 async def _send_problem(problem: Problem, scope: Scope, send: Send) -> None:
     await _send(problem.status, problem.headers(), problem.body(), scope, send)
-
-
-async def _send_health(health: HealthResponse, scope: Scope, send: Send) -> None:
-    if scope.get("method", "GET") not in _PROBE_METHODS:
-        await _send(405, [("Allow", ", ".join(_PROBE_METHODS))], b"", scope, send)
-        return
-    await _send(health.status, health.headers, health.body, scope, send)
 
 
 async def _send(

@@ -11,28 +11,17 @@ import http
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from ._problem import (
-    HealthResponse,
-    Problem,
-    RequestBodyTooLarge,
-    body_too_large_problem,
-    liveness,
-    problem_for,
-    readiness,
-)
+from ._middleware import DegradationMiddlewareBase
+from ._problem import Problem, RequestBodyTooLarge, body_too_large_problem, problem_for
 
 if TYPE_CHECKING:
     from _typeshed import OptExcInfo
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-    from .._guard import ModelGuard
-
 __all__ = ["DegradationMiddleware"]
 
-_PROBE_METHODS = ("GET", "HEAD")
 
-
-class DegradationMiddleware:
+class DegradationMiddleware(DegradationMiddlewareBase["WSGIApplication"]):
     """Answer this library's exceptions with problem responses, and serve probes.
 
     - ``livez`` answers 200 always; ``readyz`` (only when ``guards`` are given) answers
@@ -59,30 +48,11 @@ class DegradationMiddleware:
         ValueError: ``max_body_size`` is negative.
     """
 
-    def __init__(
-        self,
-        app: WSGIApplication,
-        *,
-        guards: Iterable[ModelGuard[Any]] = (),
-        livez: str | None = "/livez",
-        readyz: str | None = "/readyz",
-        max_body_size: int | None = None,
-    ) -> None:
-        if max_body_size is not None and max_body_size < 0:
-            raise ValueError(f"max_body_size must be >= 0 or None, got {max_body_size!r}")
-        self.app = app
-        self.guards = tuple(guards)
-        self.livez = livez
-        self.readyz = readyz if self.guards else None
-        self.max_body_size = max_body_size
-
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         """Serve a probe, refuse an oversized body, or run the app and answer its errors."""
-        path = environ.get("PATH_INFO", "")
-        if path == self.livez:
-            return _health(liveness(), environ, start_response)
-        if path == self.readyz:
-            return _health(readiness(*self.guards), environ, start_response)
+        probe = self._probe(environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "GET"))
+        if probe is not None:
+            return _send(probe.status, probe.headers, probe.body, environ, start_response)
         exchange = _Exchange(environ, start_response)
         if self.max_body_size is not None:
             length = _content_length(environ)
@@ -252,14 +222,6 @@ def _respond(
     problem: Problem, environ: WSGIEnvironment, start_response: StartResponse
 ) -> list[bytes]:
     return _send(problem.status, problem.headers(), problem.body(), environ, start_response)
-
-
-def _health(
-    health: HealthResponse, environ: WSGIEnvironment, start_response: StartResponse
-) -> list[bytes]:
-    if environ.get("REQUEST_METHOD", "GET") not in _PROBE_METHODS:
-        return _send(405, [("Allow", ", ".join(_PROBE_METHODS))], b"", environ, start_response)
-    return _send(health.status, health.headers, health.body, environ, start_response)
 
 
 def _send(

@@ -26,7 +26,9 @@ import httpx
 import pytest
 import stamina
 from artifact_store import ArtifactStore
-from chaos_models import Model, ModelVersion, publish, signature
+from chaos_models import Model, signature
+from chaos_network import SourceFactory, Versions, cache_listing, integrity_failures, make_guard
+from http_servers import serve_asgi
 from prometheus_client import CollectorRegistry
 
 import clarity_resilience as cr
@@ -45,19 +47,10 @@ RetryDetails = stamina.instrumentation.RetryDetails
 # -- fixtures and helpers -------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class Versions:
-    """Two published model versions, served by the store under their file names."""
-
-    v1: ModelVersion
-    v2: ModelVersion
-
-
 @pytest.fixture(scope="module")
 def versions(tmp_path_factory: pytest.TempPathFactory) -> Versions:
     """Publish v1 (weights 1.0) and v2 (weights 2.0) into the store's root directory."""
-    root = tmp_path_factory.mktemp("store")
-    return Versions(publish(root, 1.0, "v1.safetensors"), publish(root, 2.0, "v2.safetensors"))
+    return Versions.publish(tmp_path_factory.mktemp("store"))
 
 
 @pytest.fixture(scope="module")
@@ -89,26 +82,10 @@ def cache(tmp_path: pathlib.Path) -> pathlib.Path:
 @pytest.fixture
 def make_source(
     proxy: ThreadedFaultProxy, cache: pathlib.Path, registry: CollectorRegistry
-) -> Iterator[Callable[..., HttpSource]]:
+) -> Iterator[SourceFactory]:
     """Return ``make_source(version, **options)`` fetching through the proxy; closed after."""
-    created: list[HttpSource] = []
-
-    def make(version: ModelVersion, **options: Any) -> HttpSource:
-        options.setdefault("sha256", version.sha256)
-        options.setdefault("size", version.size)
-        source = HttpSource(
-            f"{proxy.url}/{options.pop('name', version.path.name)}",
-            cache_dir=cache,
-            model="m",
-            registry=registry,
-            **options,
-        )
-        created.append(source)
-        return source
-
-    yield make
-    for source in created:
-        source.close()
+    with SourceFactory(proxy.url, cache, registry) as factory:
+        yield factory
 
 
 @pytest.fixture
@@ -145,18 +122,6 @@ def retries() -> Iterator[RetryLog]:
     stamina.instrumentation.set_on_retry_hooks(previous)
 
 
-def make_guard(source: HttpSource, registry: CollectorRegistry) -> cr.ModelGuard[Model]:
-    return cr.ModelGuard("m", source=source, loader=cr.loaders.safetensors, registry=registry)
-
-
-def cache_listing(cache: pathlib.Path) -> list[str]:
-    return sorted(os.listdir(cache)) if cache.exists() else []
-
-
-def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
-    return registry.get_sample_value(name, labels) or 0.0
-
-
 # -- scenario 1: timeout --------------------------------------------------------------
 
 
@@ -178,7 +143,7 @@ class TestTimeout:
         cache: pathlib.Path,
         registry: CollectorRegistry,
         events: list[Event],
-        make_source: Callable[..., HttpSource],
+        make_source: SourceFactory,
         no_backoff: None,
         latency: float,
         timeout: float | None,
@@ -208,7 +173,7 @@ class TestTimeout:
         assert proxy.connections_total == 1 + attempts  # v1's load, then one per attempt
         assert guard.predict(signature) == v1.signature
         assert [e.reason for e in events if isinstance(e, ReloadRefused)] == [cr.Reason.TIMEOUT]
-        assert sample(registry, "model_integrity_failures_total", model="m", reason="timeout") == 1
+        assert integrity_failures(registry, "timeout") == 1
         assert cache_listing(cache) == [v1.sha256]  # no partial file, nothing for v2
 
     def test_latency_under_the_timeout_is_tolerated(
@@ -217,7 +182,7 @@ class TestTimeout:
         versions: Versions,
         cache: pathlib.Path,
         registry: CollectorRegistry,
-        make_source: Callable[..., HttpSource],
+        make_source: SourceFactory,
         no_backoff: None,
     ) -> None:
         """A response that lags but stays under the read timeout is downloaded, once."""
@@ -241,7 +206,7 @@ class TestRetries:
         store: ArtifactStore,
         proxy: ThreadedFaultProxy,
         versions: Versions,
-        make_source: Callable[..., HttpSource],
+        make_source: SourceFactory,
         no_backoff: None,
         retries: RetryLog,
         failures: int,
@@ -267,7 +232,7 @@ class TestRetries:
         store: ArtifactStore,
         proxy: ThreadedFaultProxy,
         versions: Versions,
-        make_source: Callable[..., HttpSource],
+        make_source: SourceFactory,
         no_backoff: None,
         retries: RetryLog,
     ) -> None:
@@ -287,7 +252,7 @@ class TestRetries:
         store: ArtifactStore,
         proxy: ThreadedFaultProxy,
         versions: Versions,
-        make_source: Callable[..., HttpSource],
+        make_source: SourceFactory,
         retries: RetryLog,
     ) -> None:
         """Without testing mode, stamina really waits 50, 100, then 200 ms between attempts."""
@@ -320,7 +285,7 @@ class TestRetries:
         versions: Versions,
         cache: pathlib.Path,
         registry: CollectorRegistry,
-        make_source: Callable[..., HttpSource],
+        make_source: SourceFactory,
         no_backoff: None,
         retries: RetryLog,
     ) -> None:
@@ -335,10 +300,7 @@ class TestRetries:
         assert store.requests(v2.path.name) == 3
         assert proxy.connections_total == 3
         assert cache_listing(cache) == []
-        assert (
-            sample(registry, "model_integrity_failures_total", model="m", reason="fetch_error")
-            == 1
-        )
+        assert integrity_failures(registry, "fetch_error") == 1
 
     @pytest.mark.parametrize(
         ("options", "error", "reason"),
@@ -363,7 +325,7 @@ class TestRetries:
         proxy: ThreadedFaultProxy,
         versions: Versions,
         cache: pathlib.Path,
-        make_source: Callable[..., HttpSource],
+        make_source: SourceFactory,
         no_backoff: None,
         retries: RetryLog,
         options: dict[str, Any],
@@ -458,13 +420,11 @@ async def run_cascade(
     requests: int,
 ) -> CascadeRun:
     """Serve the app, start ``reloads`` slow reloads, then send predictions and probes."""
-    import http_servers
-
     counter = ReloadCounter()
     app = serving_app(guard, new_source, counter)
     proxy.latency(UPSTREAM_DELAY * 1000)
     sent_before = proxy.bytes_upstream
-    with http_servers.serve_asgi(app) as url:
+    with serve_asgi(app) as url:
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
             pending = [asyncio.create_task(client.post("/admin/reload")) for _ in range(reloads)]
             # Every reload request is inside the app, and the first download's request
@@ -505,7 +465,7 @@ class TestCascading:
         proxy: ThreadedFaultProxy,
         versions: Versions,
         registry: CollectorRegistry,
-        make_source: Callable[..., HttpSource],
+        make_source: SourceFactory,
         reload_timeout: float,
         outcome: str,
     ) -> None:
@@ -526,10 +486,7 @@ class TestCascading:
         if outcome == "refused":
             assert run.reload_statuses == [503] * 5
             assert guard.predict(signature) == v1.signature
-            assert (
-                sample(registry, "model_integrity_failures_total", model="m", reason="timeout")
-                == 5
-            )
+            assert integrity_failures(registry, "timeout") == 5
         else:
             assert run.reload_statuses == [200] * 5
             assert guard.predict(signature) == v2.signature
@@ -542,7 +499,7 @@ class TestCascading:
         proxy: ThreadedFaultProxy,
         versions: Versions,
         registry: CollectorRegistry,
-        make_source: Callable[..., HttpSource],
+        make_source: SourceFactory,
     ) -> None:
         """More concurrent reloads than asyncio's default worker threads leave predictions fast."""
         v1, v2 = versions.v1, versions.v2

@@ -12,21 +12,20 @@ served it.
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import hashlib
-import os
 import pathlib
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import httpx
 import pytest
 import stamina
 import structlog
 from artifact_store import ArtifactStore
-from chaos_models import Model, ModelVersion, publish, signature
+from chaos_models import Model, ModelVersion, signature
+from chaos_network import SourceFactory, Versions, cache_listing, integrity_failures, make_guard
 from prometheus_client import CollectorRegistry
 
 import clarity_resilience as cr
@@ -52,14 +51,6 @@ POLL_INTERVAL = 0.005  # seconds between two looks at an observable condition
 # -- fixtures and helpers -------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class Versions:
-    """Two published model versions, served by the store under their file names."""
-
-    v1: ModelVersion
-    v2: ModelVersion
-
-
 @pytest.fixture(autouse=True)
 def no_backoff() -> Iterator[None]:
     """Skip stamina's backoff sleeps (each source keeps its own ``attempts``)."""
@@ -72,10 +63,7 @@ def versions(tmp_path: pathlib.Path) -> Versions:
     """Publish v1 (weights 1.0) and v2 (weights 2.0) into the store's root directory."""
     root = tmp_path / "store"
     root.mkdir()
-    return Versions(
-        publish(root, 1.0, "v1.safetensors"),
-        publish(root, 2.0, "v2.safetensors"),
-    )
+    return Versions.publish(root)
 
 
 @pytest.fixture
@@ -93,30 +81,10 @@ def cache(tmp_path: pathlib.Path) -> pathlib.Path:
 @pytest.fixture
 def make_source(
     store: ArtifactStore, cache: pathlib.Path, registry: CollectorRegistry
-) -> Iterator[Callable[..., HttpSource]]:
-    """Return ``make_source(version, **options)``; every source is closed at teardown."""
-    created: list[HttpSource] = []
-
-    def make(version: ModelVersion, **options: Any) -> HttpSource:
-        source = HttpSource(
-            store.url(version.path.name),
-            sha256=version.sha256,
-            size=version.size,
-            cache_dir=cache,
-            model="m",
-            registry=registry,
-            **options,
-        )
-        created.append(source)
-        return source
-
-    yield make
-    for source in created:
-        source.close()
-
-
-def make_guard(source: HttpSource, registry: CollectorRegistry) -> cr.ModelGuard[Model]:
-    return cr.ModelGuard("m", source=source, loader=cr.loaders.safetensors, registry=registry)
+) -> Iterator[SourceFactory]:
+    """Return ``make_source(version, **options)`` fetching from the store; closed after."""
+    with SourceFactory(store.base, cache, registry) as factory:
+        yield factory
 
 
 def wait_until(condition: Callable[[], T | None], *, what: str, timeout: float = 10.0) -> T:
@@ -135,10 +103,6 @@ def part_files(cache: pathlib.Path) -> list[pathlib.Path]:
     return sorted(cache.glob(".*.part")) if cache.exists() else []
 
 
-def cache_listing(cache: pathlib.Path) -> list[str]:
-    return sorted(os.listdir(cache)) if cache.exists() else []
-
-
 def growing_part(cache: pathlib.Path) -> int | None:
     """Return the size of the partial download once it holds bytes on disk."""
     parts = part_files(cache)
@@ -150,12 +114,12 @@ def growing_part(cache: pathlib.Path) -> int | None:
         return None
 
 
-def digest(path: pathlib.Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
-    return registry.get_sample_value(name, labels) or 0.0
+def assert_cache_holds(cache: pathlib.Path, *versions: ModelVersion) -> None:
+    """Assert the cache holds exactly ``versions``, each complete, and no partial file."""
+    assert part_files(cache) == []
+    assert cache_listing(cache) == sorted(version.sha256 for version in versions)
+    for version in versions:
+        assert hashlib.sha256((cache / version.sha256).read_bytes()).hexdigest() == version.sha256
 
 
 def kill_during_reload(
@@ -194,7 +158,7 @@ class TestStoreKilledDuringReload:
         cache: pathlib.Path,
         registry: CollectorRegistry,
         events: list[Event],
-        make_source: Callable[..., HttpSource],
+        make_source: SourceFactory,
     ) -> None:
         """A store killed mid-download refuses the reload with fetch_error and v1 serves on."""
         v1, v2 = versions.v1, versions.v2
@@ -235,15 +199,10 @@ class TestStoreKilledDuringReload:
         # Alerted: counted once under its reason, nothing else.
         for reason in cr.Reason:
             expected = 1.0 if reason is cr.Reason.FETCH_ERROR else 0.0
-            assert (
-                sample(registry, "model_integrity_failures_total", model="m", reason=reason)
-                == expected
-            ), reason
+            assert integrity_failures(registry, reason) == expected, reason
 
         # Nothing half-written: no v2 under its final name, no partial file, v1 intact.
-        assert part_files(cache) == []
-        assert cache_listing(cache) == [v1.sha256]
-        assert digest(cache / v1.sha256) == v1.sha256
+        assert_cache_holds(cache, v1)
 
     def test_refusal_is_counted_in_the_guards_registry_without_source_options(
         self,
@@ -263,10 +222,7 @@ class TestStoreKilledDuringReload:
         assert error.reason is cr.Reason.FETCH_ERROR
         assert guard.predict(signature) == v1.signature
         # The guard was given this registry and this model name: its alert must fire.
-        assert (
-            sample(registry, "model_integrity_failures_total", model="m", reason="fetch_error")
-            == 1.0
-        )
+        assert integrity_failures(registry, "fetch_error") == 1.0
 
 
 class TestStoreRestart:
@@ -284,7 +240,7 @@ class TestStoreRestart:
         cache: pathlib.Path,
         registry: CollectorRegistry,
         events: list[Event],
-        make_source: Callable[..., HttpSource],
+        make_source: SourceFactory,
         same_source: bool,
     ) -> None:
         """After a restart on the same port, the next reload verifies and promotes v2."""
@@ -308,15 +264,9 @@ class TestStoreRestart:
         ]
         assert store.requests(v2.path.name) == 1  # one clean download after the restart
         # Nothing lost or half-written: exactly one complete v2 file, v1 untouched.
-        assert part_files(cache) == []
-        assert cache_listing(cache) == sorted([v1.sha256, v2.sha256])
-        assert digest(cache / v2.sha256) == v2.sha256
-        assert digest(cache / v1.sha256) == v1.sha256
+        assert_cache_holds(cache, v1, v2)
         # The earlier failure stays counted; the recovery added none.
-        assert (
-            sample(registry, "model_integrity_failures_total", model="m", reason="fetch_error")
-            == 1.0
-        )
+        assert integrity_failures(registry, "fetch_error") == 1.0
 
     def test_restart_within_the_retry_budget_rides_through(
         self,
@@ -325,7 +275,7 @@ class TestStoreRestart:
         cache: pathlib.Path,
         registry: CollectorRegistry,
         events: list[Event],
-        make_source: Callable[..., HttpSource],
+        make_source: SourceFactory,
     ) -> None:
         """A store restarted before the retries run out lets the same reload succeed."""
         v1, v2 = versions.v1, versions.v2
@@ -361,9 +311,7 @@ class TestStoreRestart:
         assert [type(d.caused_by) for d in retries] == [httpx.RemoteProtocolError]
         assert store.requests(v2.path.name) == 1  # the restarted process served it once
         assert [e for e in events if isinstance(e, ReloadRefused)] == []
-        assert part_files(cache) == []
-        assert cache_listing(cache) == sorted([v1.sha256, v2.sha256])
-        assert digest(cache / v2.sha256) == v2.sha256
+        assert_cache_holds(cache, v1, v2)
 
 
 class TestColdStartWithStoreDown:
@@ -374,7 +322,7 @@ class TestColdStartWithStoreDown:
         cache: pathlib.Path,
         registry: CollectorRegistry,
         events: list[Event],
-        make_source: Callable[..., HttpSource],
+        make_source: SourceFactory,
     ) -> None:
         """With the store dead and nothing cached, load fails closed and predictions get 503s."""
         v1 = versions.v1
@@ -395,15 +343,12 @@ class TestColdStartWithStoreDown:
             IntegrityCheckFailed,
             ModelLoadFailed,
         ]
-        assert (
-            sample(registry, "model_integrity_failures_total", model="m", reason="fetch_error")
-            == 1.0
-        )
-        assert cache_listing(cache) == []
+        assert integrity_failures(registry, "fetch_error") == 1.0
+        assert_cache_holds(cache)
 
         store.restart()
         assert signature(guard.load()) == v1.signature
         assert guard.status()["ready"]
         assert guard.predict(signature) == v1.signature
         assert store.requests(v1.path.name) == 1
-        assert cache_listing(cache) == [v1.sha256]
+        assert_cache_holds(cache, v1)

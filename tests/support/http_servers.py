@@ -1,5 +1,8 @@
 """Run a real ASGI or WSGI app on 127.0.0.1 in a background thread, for tests.
 
+Import with ``from http_servers import serve_asgi, serve_wsgi`` (tests/support is on
+pytest's pythonpath).
+
 Both helpers are context managers that yield the base URL (``http://127.0.0.1:PORT``,
 an ephemeral port) once the server accepts connections, and stop the server, join its
 thread and close its sockets on exit, so ``filterwarnings = error`` never sees a
@@ -13,25 +16,6 @@ thread and close its sockets on exit, so ``filterwarnings = error`` never sees a
   yielded, and a failed startup raises here instead of hanging the test.
 - :func:`serve_wsgi` runs werkzeug's threaded development server (HTTP/1.1, chunked
   request bodies supported), with its access log silenced.
-
-The test suite runs with ``--import-mode=importlib`` (and nox sets
-``PYTHONSAFEPATH=1``), so ``tests`` is not an importable package. Load this file by
-path, once per test module::
-
-    import importlib.util, pathlib, sys
-
-    def _load_support(name: str):
-        path = pathlib.Path(__file__).parent / "support" / f"{name}.py"
-        module_name = f"clarity_tests_support_{name}"
-        if module_name in sys.modules:
-            return sys.modules[module_name]
-        spec = importlib.util.spec_from_file_location(module_name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
-        return module
-
-    http_servers = _load_support("http_servers")
 """
 
 from __future__ import annotations
