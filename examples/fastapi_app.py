@@ -58,12 +58,7 @@ def create_app(
 ) -> FastAPI:
     """Build the app; the model is verified and loaded at startup (lifespan)."""
     registry = registry if registry is not None else CollectorRegistry()
-    linear_model.ensure_model(model_dir)
-    guard = linear_model.make_guard(
-        model_dir,
-        breaker=breaker or cr.Breaker("linear", registry=registry),
-        registry=registry,
-    )
+    guard = linear_model.make_guard(model_dir, breaker=breaker, registry=registry)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

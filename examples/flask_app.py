@@ -43,12 +43,7 @@ def create_app(
 ) -> Flask:
     """Build the app and verify and load the model (a refused model starts unready)."""
     registry = registry if registry is not None else CollectorRegistry()
-    linear_model.ensure_model(model_dir)
-    guard = linear_model.make_guard(
-        model_dir,
-        breaker=breaker or cr.Breaker("linear", registry=registry),
-        registry=registry,
-    )
+    guard = linear_model.make_guard(model_dir, breaker=breaker, registry=registry)
     try:
         guard.load()
     except cr.ClarityResilienceError as e:

@@ -67,7 +67,12 @@ def make_guard(
     breaker: cr.Breaker | None = None,
     registry: CollectorRegistry | None = None,
 ) -> cr.ModelGuard[Model]:
-    """Return a guard for the model in ``directory`` (verified against its manifest)."""
+    """Return a guard for the model in ``directory`` (created there on first use).
+
+    The guard verifies the weights against the manifest at every load; without a
+    ``breaker`` it gets its own (5 failures, 60 s).
+    """
+    ensure_model(directory)
     return cr.ModelGuard(
         "linear",
         **origin(directory),
