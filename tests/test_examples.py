@@ -9,7 +9,12 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
+# examples/ and tests/support are on pytest's pythonpath (pyproject.toml).
+import demo
+import fastapi_app
+import flask_app
 import httpx
+import linear_model
 import numpy as np
 import pytest
 from http_servers import serve_asgi, serve_wsgi
@@ -17,10 +22,6 @@ from prometheus_client import CollectorRegistry
 from safetensors.numpy import load_file
 
 import clarity_resilience as cr
-
-fastapi_app = pytest.importorskip("fastapi_app", reason="examples/ is on pytest's pythonpath")
-flask_app = pytest.importorskip("flask_app")
-linear_model = pytest.importorskip("linear_model")
 
 FEATURES = [0.5, -1.0, 2.0, 0.25]
 
@@ -199,7 +200,6 @@ class TestDemo:
         self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
     ) -> None:
         """The README's main job runs end to end and tells the story it promises."""
-        demo = pytest.importorskip("demo")
         monkeypatch.setattr(demo, "DEMO_RESET_TIMEOUT", 0.2)
         try:
             assert demo.main() == 0

@@ -13,6 +13,8 @@ import json
 import pathlib
 from collections.abc import Iterator
 
+import fastapi_app  # examples/ is on pytest's pythonpath
+import flask_app
 import httpx
 import pytest
 import structlog
@@ -23,8 +25,6 @@ from prometheus_client import CollectorRegistry
 
 pytestmark = [pytest.mark.chaos, pytest.mark.non_destructive, pytest.mark.timeout(30)]
 
-fastapi_app = pytest.importorskip("fastapi_app")
-flask_app = pytest.importorskip("flask_app")
 
 GOOD = {"features": [0.5, -1.0, 2.0, 0.25]}
 JSON = {"content-type": "application/json"}
