@@ -20,6 +20,7 @@ import stat
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
@@ -57,7 +58,14 @@ T = TypeVar("T")
 #: Model label used when a bare function is called without ``model=``.
 UNNAMED = "unnamed"
 
-_CHUNK = 8 * 1024 * 1024
+# read_verified reads (and hands to the hashing thread) small chunks, each hashed while
+# it is still in cache: hashing a large buffer back from main memory is measurably
+# slower, and a small first chunk lets the pipeline start hashing at once.
+_CHUNK = 256 * 1024
+# Chunks the reader may run ahead of the hashing thread (bounds how cold they get).
+_PIPELINE_DEPTH = 8
+# verify_file's reused buffer: large reads keep the GIL hand-offs of parallel workers rare.
+_VERIFY_CHUNK = 8 * 1024 * 1024
 # Below this size a second thread costs more than it saves.
 _PIPELINE_MIN = 32 * 1024 * 1024
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -119,13 +127,17 @@ _PyBytes_FromStringAndSize = _bytes_allocator()
 def _read_exactly(fd: int, view: memoryview, size: int, path: str) -> str:
     """Fill ``view`` with exactly ``size`` bytes of ``fd`` while hashing them."""
     hasher = hashlib.sha256()
-    chunks: queue.SimpleQueue[memoryview | None] | None = None
+    chunks: queue.Queue[memoryview | None] | None = None
     worker: threading.Thread | None = None
+    failure: list[BaseException] = []
     if size >= _PIPELINE_MIN:
         # Hash chunk n on a second thread while chunk n+1 is read (both release the GIL).
-        chunks = queue.SimpleQueue()
+        chunks = queue.Queue(maxsize=_PIPELINE_DEPTH)
         worker = threading.Thread(
-            target=_hash_chunks, args=(hasher, chunks), name="clarity-hash", daemon=True
+            target=_hash_chunks,
+            args=(hasher, chunks, failure),
+            name="clarity-hash",
+            daemon=True,
         )
         worker.start()
     try:
@@ -155,12 +167,21 @@ def _read_exactly(fd: int, view: memoryview, size: int, path: str) -> str:
         if chunks is not None and worker is not None:
             chunks.put(None)
             worker.join()
+    if failure:
+        raise failure[0]
     return hasher.hexdigest()
 
 
-def _hash_chunks(hasher: Any, chunks: queue.SimpleQueue[memoryview | None]) -> None:
+def _hash_chunks(
+    hasher: Any, chunks: queue.Queue[memoryview | None], failure: list[BaseException]
+) -> None:
     while (chunk := chunks.get()) is not None:
-        hasher.update(chunk)
+        if failure:
+            continue  # keep draining: the reader must never block on a full queue
+        try:
+            hasher.update(chunk)
+        except BaseException as e:  # noqa: BLE001 - re-raised by the reader after join()
+            failure.append(e)
 
 
 def _open_regular(path: str) -> tuple[int, os.stat_result]:
@@ -251,7 +272,7 @@ def verify_file(path: str | os.PathLike[str], *, sha256: str, size: int | None =
                 actual=st.st_size,
             )
         hasher = hashlib.sha256()
-        buf = memoryview(bytearray(_CHUNK))
+        buf = memoryview(bytearray(_VERIFY_CHUNK))
         total = 0
         try:
             while got := os.readv(fd, [buf]):
@@ -339,6 +360,7 @@ def read_verified(
     try:
         data = _read_verified(name, expected, size)
     except IntegrityError as e:
+        _drop_frames(e)
         emitter.emit(
             IntegrityCheckFailed(
                 model=model,
@@ -421,9 +443,9 @@ def deserialize_verified(
     emitter = Emitter(registry)
     start = time.perf_counter()
     try:
-        verified = read()
-        result = _call_loader(loader, verified.data)
+        result, verified = _read_and_load(read, loader)
     except ClarityResilienceError as e:
+        _drop_frames(e)
         emitter.emit(
             ModelLoadFailed(
                 model=model,
@@ -443,6 +465,30 @@ def deserialize_verified(
         )
     )
     return result, verified._replace(data=b"")
+
+
+def _read_and_load(
+    read: Callable[[], VerifiedBytes], loader: Callable[[bytes], T]
+) -> tuple[T, VerifiedBytes]:
+    # A frame of its own: on failure, _drop_frames can clear it (an executing frame
+    # cannot be cleared), so nothing keeps the bytes alive.
+    verified = read()
+    return _call_loader(loader, verified.data), verified
+
+
+def _drop_frames(error: BaseException) -> None:
+    """Clear the locals of the finished frames that ``error`` (and its causes) hold.
+
+    Those frames hold the buffer that was read or handed to the loader. A caller that
+    keeps the exception (a guard's last error) would otherwise keep a refused model's
+    bytes alive next to the model that is serving. Tracebacks still print in full.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        traceback.clear_frames(current.__traceback__)
+        current = current.__cause__ or current.__context__
 
 
 def _call_loader(loader: Callable[[bytes], T], data: bytes) -> T:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import gc
 import hashlib
 import json
 import os
@@ -15,6 +16,7 @@ import sys
 import tempfile
 import textwrap
 import threading
+import tracemalloc
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -624,6 +626,51 @@ class TestReadVerified:
 
         with pytest.raises(ValueError, match="non-negative int"):
             cr.read_verified(model.path, sha256=model.sha256, size=size)
+
+
+def bytes_retained_by(call: Callable[[], object]) -> tuple[BaseException, int]:
+    """Run a failing call; return its exception (kept alive) and the memory still held."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        baseline = tracemalloc.get_traced_memory()[0]
+        with pytest.raises(cr.ClarityResilienceError) as info:
+            call()
+        gc.collect()
+        retained = tracemalloc.get_traced_memory()[0] - baseline
+    finally:
+        tracemalloc.stop()
+    return info.value, retained
+
+
+class TestFailedReadsReleaseTheBuffer:
+    def test_kept_integrity_error_does_not_hold_the_bytes(self, tmp_path: pathlib.Path) -> None:
+        """A refused file's bytes are freed even while its exception is kept (a last error)."""
+        path = tmp_path / "big.bin"
+        path.write_bytes(random.Random(5).randbytes(16 * MIB))
+
+        error, retained = bytes_retained_by(lambda: cr.read_verified(path, sha256="0" * 64))
+
+        assert isinstance(error, cr.ChecksumMismatchError)
+        assert error.__traceback__ is not None
+        assert retained < MIB
+
+    def test_kept_load_error_does_not_hold_the_bytes(self, tmp_path: pathlib.Path) -> None:
+        """Bytes a loader rejected are freed even while the ModelLoadError is kept."""
+        content = random.Random(6).randbytes(16 * MIB)
+        path = tmp_path / "big.bin"
+        path.write_bytes(content)
+
+        def rejecting_loader(data: bytes) -> object:
+            raise ValueError("unsupported")
+
+        error, retained = bytes_retained_by(
+            lambda: cr.load_verified(path, sha256=digest(content), loader=rejecting_loader)
+        )
+
+        assert isinstance(error, cr.ModelLoadError)
+        assert isinstance(error.__cause__, ValueError)
+        assert retained < MIB
 
 
 def sample(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
