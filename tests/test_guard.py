@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import datetime as dt
 import hashlib
 import pathlib
@@ -218,30 +219,37 @@ class TestReload:
             versions.append((path, write(path, model_bytes(float(i)))))
         allowed = {float(i) * (64 * 64 + 64) for i in range(1, 6)}
         stop = threading.Event()
-        answers: list[float] = []
-        failures: list[BaseException] = []
+        seen_values: set[float] = set()
+        answered = threading.Condition()
+        ready = threading.Barrier(9, timeout=10)
 
-        def client() -> None:
+        def client() -> list[float]:
+            seen = [guard.predict(total)]  # v1, before any reload
+            ready.wait()
             while not stop.is_set():
-                try:
-                    answers.append(guard.predict(total))
-                except Exception as e:  # recorded, asserted below
-                    failures.append(e)
+                seen.append(value := guard.predict(total))
+                with answered:
+                    seen_values.add(value)
+                    answered.notify_all()
+            return seen
 
-        threads = [threading.Thread(target=client) for _ in range(8)]
-        for t in threads:
-            t.start()
-        try:
-            for i in range(20):
-                guard.reload(*versions[i % len(versions)])
-        finally:
-            stop.set()
-            for t in threads:
-                t.join(timeout=10)
-        assert failures == []
-        assert answers
-        assert set(answers) <= allowed
-        assert len(set(answers)) > 1  # the swaps really happened under load
+        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+            futures = [pool.submit(client) for _ in range(8)]
+            ready.wait()
+            try:
+                for i in range(20):
+                    path, digest = versions[i % len(versions)]
+                    guard.reload(path, digest)
+                    expected = float(2 + i % len(versions)) * (64 * 64 + 64)
+                    with answered:  # clients are answering from the version just promoted
+                        assert answered.wait_for(lambda e=expected: e in seen_values, 10)
+                        seen_values.clear()
+            finally:
+                stop.set()
+            # result() re-raises any failure a client met: zero failed predictions.
+            answers = [a for future in futures for a in future.result(timeout=30)]
+        assert set(answers) <= allowed  # every answer from one complete, verified model
+        assert len(set(answers)) == len(allowed)  # v1 and all four new versions served
 
     def test_reload_argument_checks(
         self, model_file: tuple[pathlib.Path, str], registry: CollectorRegistry
