@@ -8,7 +8,6 @@ fails verification or loading never replaces what is serving.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
 import inspect
@@ -20,18 +19,16 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._breaker import Breaker
-from ._integrity import VerifiedBytes, deserialize_verified, normalize_sha256, read_verified
+from ._integrity import deserialize_verified
+from ._origin import Origin, make_origin
 from ._reasons import INTEGRITY_REASONS, TRANSIENT_REASONS, Reason
 from .exceptions import (
     ClarityResilienceError,
-    IntegrityError,
     InvalidInputError,
-    ManifestError,
     ModelUnavailableError,
 )
 from .instrumentation import (
     Emitter,
-    IntegrityCheckFailed,
     ModelRegistered,
     PredictionFailed,
     PredictionSucceeded,
@@ -49,19 +46,6 @@ __all__ = ["ModelGuard"]
 
 M = TypeVar("M")
 R = TypeVar("R")
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Target:
-    """Where a model version comes from and what its bytes must hash to."""
-
-    path: str | None
-    sha256: str | None  # None: the manifest names it, read at load time
-    size: int | None
-    version: str | None
-    manifest: Manifest | str | None = None
-    entry: str | None = None
-    source: HttpSource | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -138,7 +122,9 @@ class ModelGuard(Generic[M]):
         self.invalid_input = tuple(invalid_input)
         self.unavailable_retry_after = float(unavailable_retry_after)
         self.integrity_retry_after = float(integrity_retry_after)
-        self._target = _make_target(path, sha256, size, manifest, entry, source, version)
+        self._origin = make_origin(
+            path, sha256, size, manifest, entry, source, version, expected_version
+        )
         self._serving: _Serving[M] | None = None
         self._last_error: ClarityResilienceError | None = None
         self._load_lock = threading.Lock()
@@ -194,7 +180,7 @@ class ModelGuard(Generic[M]):
             ModelLoadError: The loader rejected the verified bytes.
             CircuitOpenError: Loads keep failing and the breaker is open.
         """
-        return self._swap(self._target)
+        return self._swap(self._origin)
 
     def reload(
         self,
@@ -222,31 +208,13 @@ class ModelGuard(Generic[M]):
             IntegrityError, ModelLoadError: The new version was refused.
             ValueError: The arguments do not describe one origin.
         """
-        current = self._target
         if manifest is not None or source is not None:
-            target = _make_target(path, None, size, manifest, entry, source, version)
-        elif (current.manifest is not None or current.source is not None) and (
-            sha256 is not None or size is not None
-        ):
-            raise ValueError("a manifest or source fixes the digest; pass manifest= or source=")
-        else:
-            changed = path is not None or sha256 is not None
-            if current.manifest is not None:
-                # Same manifest (file re-read at load), possibly another directory.
-                target = dataclasses.replace(
-                    current,
-                    path=os.fspath(path) if path is not None else current.path,
-                    version=version if version is not None else current.version,
-                )
-                return self._swap(target)
-            target = dataclasses.replace(
-                current,
-                path=os.fspath(path) if path is not None else current.path,
-                sha256=normalize_sha256(sha256) if sha256 is not None else current.sha256,
-                size=size if size is not None or not changed else None,
-                version=version if version is not None else current.version,
+            origin = make_origin(
+                path, None, size, manifest, entry, source, version, self.expected_version
             )
-        return self._swap(target)
+        else:
+            origin = self._origin.replaced(path, sha256, size, version)
+        return self._swap(origin)
 
     async def load_async(self) -> M:
         """Run :meth:`load` in a worker thread: hashing never blocks the event loop.
@@ -277,15 +245,15 @@ class ModelGuard(Generic[M]):
                 lock = self._loop_locks[loop] = asyncio.Lock()
             return lock
 
-    def _swap(self, target: _Target) -> M:
+    def _swap(self, origin: Origin) -> M:
         with self._load_lock:  # one load at a time; predictions never take this lock
             serving = self._serving
             try:
                 if serving is None:
-                    loaded = self.breaker.call(self._load_target, target)
+                    loaded = self.breaker.call(self._load, origin)
                 else:
                     # A refused reload must not open the breaker of a healthy model.
-                    loaded = self._load_target(target)
+                    loaded = self._load(origin)
             except ClarityResilienceError as e:
                 self._last_error = e
                 if serving is not None:
@@ -296,7 +264,7 @@ class ModelGuard(Generic[M]):
                     )
                 raise
             self._serving = loaded
-            self._target = target
+            self._origin = origin
             self._last_error = None
             if serving is not None:
                 self._emitter.emit(
@@ -309,98 +277,14 @@ class ModelGuard(Generic[M]):
                 )
             return loaded.model
 
-    def _load_target(self, target: _Target) -> _Serving[M]:
+    def _load(self, origin: Origin) -> _Serving[M]:
         model, verified = deserialize_verified(
-            lambda: self._read(target), loader=self.loader, model=self.name, registry=self.registry
+            lambda: origin.read(model=self.name, registry=self.registry),
+            loader=self.loader,
+            model=self.name,
+            registry=self.registry,
         )
         return _Serving(model, verified.sha256, verified.version, time.time())
-
-    def _read(self, target: _Target) -> VerifiedBytes:
-        """Return the verified bytes of ``target`` (one read, one hash)."""
-        if target.manifest is not None:
-            assert target.path is not None
-            manifest, entry = self._open_manifest(target)
-            item = manifest.entries[entry]
-            data = manifest.read_entry(target.path, entry, model=self.name, registry=self.registry)
-            return VerifiedBytes(data, item.sha256, target.version or manifest.version)
-        assert target.sha256 is not None
-        path = target.path
-        if target.source is not None:
-            return self._read_from_source(target.source, target.version)
-        assert path is not None
-        data = read_verified(
-            path, sha256=target.sha256, size=target.size, model=self.name, registry=self.registry
-        )
-        return VerifiedBytes(data, target.sha256, target.version)
-
-    def _read_from_source(self, source: HttpSource, version: str | None) -> VerifiedBytes:
-        """Read the source's cached copy, fetching (or re-fetching) it when needed.
-
-        A cached copy is read and verified once. If it is missing, or fails (tampered
-        cache: audited), the source fetches again (its download is verified while it
-        streams) and the bytes are read and verified once more on their way in.
-        """
-
-        def verified_copy(path: str | os.PathLike[str]) -> VerifiedBytes:
-            data = read_verified(
-                path,
-                sha256=source.sha256,
-                size=source.size,
-                model=self.name,
-                registry=self.registry,
-            )
-            return VerifiedBytes(data, source.sha256, version)
-
-        if os.path.isfile(source.path):
-            # A tampered cache is audited by read_verified; the source is the truth, so
-            # fall through and fetch again rather than refuse.
-            with contextlib.suppress(IntegrityError):
-                return verified_copy(source.path)
-        return verified_copy(source.fetch(model=self.name, registry=self.registry))
-
-    def _open_manifest(self, target: _Target) -> tuple[Manifest, str]:
-        """Read the manifest now (so every load sees the current one) and pick the entry."""
-        from ._manifest import Manifest
-
-        start = time.perf_counter()
-        source = target.manifest
-        try:
-            manifest = source if isinstance(source, Manifest) else Manifest.read(str(source))
-            entry = target.entry
-            if entry is None:
-                if len(manifest.entries) != 1:
-                    raise ManifestError(
-                        f"the manifest lists {len(manifest.entries)} files; pass entry=",
-                        path=str(source),
-                    )
-                entry = next(iter(manifest.entries))
-            if entry not in manifest.entries:
-                raise ManifestError(
-                    f"the manifest does not list {entry!r}", path=str(source), expected=entry
-                )
-            if self.expected_version is not None and manifest.version != self.expected_version:
-                raise ManifestError(
-                    f"the manifest is for version {manifest.version!r}, "
-                    f"expected {self.expected_version!r}",
-                    path=str(source),
-                    expected=self.expected_version,
-                    actual=manifest.version,
-                    reason=Reason.VERSION_MISMATCH,
-                )
-        except ManifestError as e:
-            # A missing or malformed manifest is an integrity failure like a bad digest.
-            self._emitter.emit(
-                IntegrityCheckFailed(
-                    model=self.name,
-                    path=str(source) if not isinstance(source, Manifest) else "<manifest>",
-                    reason=e.reason,
-                    error_type=type(e).__name__,
-                    detail=str(e),
-                    duration=_since(start),
-                )
-            )
-            raise
-        return manifest, entry
 
     # -- predicting -----------------------------------------------------------------
 
@@ -524,40 +408,3 @@ def _reason_of(exc: BaseException) -> Reason:
 
 def _since(start: float) -> float:
     return time.perf_counter() - start
-
-
-def _make_target(  # noqa: PLR0917 - private; mirrors the constructor's keywords
-    path: str | os.PathLike[str] | None,
-    sha256: str | None,
-    size: int | None,
-    manifest: Manifest | str | os.PathLike[str] | None,
-    entry: str | None,
-    source: HttpSource | None,
-    version: str | None,
-) -> _Target:
-    origins = sum(x is not None for x in (sha256, manifest, source))
-    if origins != 1:
-        raise ValueError("give exactly one of sha256= (with path=), manifest= or source=")
-    if source is not None:
-        if path is not None:
-            raise ValueError("source= brings its own path; do not pass path=")
-        return _Target(None, source.sha256, source.size, version, source=source)
-    if path is None:
-        raise ValueError("path= is required with sha256= (the file) or manifest= (the directory)")
-    if sha256 is not None:
-        return _Target(os.fspath(path), normalize_sha256(sha256), size, version)
-    assert manifest is not None
-    if not isinstance(manifest, str | os.PathLike):  # in memory: check the entry now
-        names = manifest.entries
-        if entry is None and len(names) != 1:
-            raise ValueError(f"the manifest lists {len(names)} files; pass entry=")
-        if entry is not None and entry not in names:
-            raise ValueError(f"entry {entry!r} is not in the manifest")
-    return _Target(
-        os.fspath(path),
-        None,
-        None,
-        version,
-        manifest=manifest if not isinstance(manifest, str | os.PathLike) else os.fspath(manifest),
-        entry=entry,
-    )
