@@ -9,7 +9,8 @@ from __future__ import annotations
 from . import instrumentation, loaders
 from ._breaker import Breaker
 from ._guard import ModelGuard
-from ._integrity import load_verified, read_verified, sha256_file
+from ._integrity import read_verified, sha256_file
+from ._loading import load_verified
 from ._manifest import Manifest, ManifestEntry
 from ._reasons import Reason
 from .exceptions import (

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._breaker import Breaker
-from ._integrity import deserialize_verified
+from ._loading import deserialize_verified
 from ._origin import Origin, make_origin
 from ._reasons import INTEGRITY_REASONS, TRANSIENT_REASONS, Reason
 from .exceptions import (

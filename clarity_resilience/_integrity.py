@@ -21,37 +21,24 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._reasons import Reason
 from .exceptions import (
     ChecksumMismatchError,
-    ClarityResilienceError,
     IntegrityError,
-    ModelLoadError,
     SizeMismatchError,
 )
 from .instrumentation import (
     Emitter,
     IntegrityCheckFailed,
     IntegrityCheckPassed,
-    ModelLoaded,
-    ModelLoadFailed,
 )
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-__all__ = [
-    "VerifiedBytes",
-    "deserialize_verified",
-    "load_verified",
-    "normalize_sha256",
-    "read_verified",
-    "sha256_file",
-    "verify_file",
-]
+__all__ = ["normalize_sha256", "read_verified", "sha256_file", "verify_file"]
 
 T = TypeVar("T")
 
@@ -380,102 +367,6 @@ def read_verified(
     return data
 
 
-def load_verified(
-    path: str | os.PathLike[str],
-    *,
-    sha256: str,
-    loader: Callable[[bytes], T] | None = None,
-    size: int | None = None,
-    model: str = UNNAMED,
-    registry: CollectorRegistry | None = None,
-) -> T:
-    """Verify a file and deserialize exactly the verified bytes.
-
-    Args:
-        path: The model file.
-        sha256: The expected SHA-256 hex digest.
-        loader: Turns verified bytes into a model; defaults to
-            :func:`clarity_resilience.loaders.auto` (format from the leading bytes).
-        size: The expected size in bytes.
-        model: The ``model`` label for metrics and audit events.
-        registry: The Prometheus registry to record into.
-
-    Raises:
-        IntegrityError: As :func:`read_verified`; the loader is never called.
-        ModelLoadError: The loader rejected the verified bytes.
-    """
-    expected = normalize_sha256(sha256)
-
-    def read() -> VerifiedBytes:
-        data = read_verified(path, sha256=expected, size=size, model=model, registry=registry)
-        return VerifiedBytes(data, expected)
-
-    return deserialize_verified(read, loader=loader, model=model, registry=registry)[0]
-
-
-class VerifiedBytes(NamedTuple):
-    """Bytes that matched a digest, with the digest (and version) they matched."""
-
-    data: bytes
-    sha256: str
-    version: str | None = None
-
-
-def deserialize_verified(
-    read: Callable[[], VerifiedBytes],
-    *,
-    loader: Callable[[bytes], T] | None,
-    model: str,
-    registry: CollectorRegistry | None,
-) -> tuple[T, VerifiedBytes]:
-    """Run ``loader`` on the bytes ``read()`` verified, and report the load as one outcome.
-
-    ``read`` must return verified bytes (``read_verified``, ``Manifest.read_entry``); its
-    integrity errors pass through. Emits ``ModelLoaded`` or ``ModelLoadFailed``.
-
-    Returns:
-        The model, and what its bytes were verified against (``data`` released).
-    """
-    if loader is None:
-        from .loaders import auto
-
-        loader = auto
-    emitter = Emitter(registry)
-    start = time.perf_counter()
-    try:
-        result, verified = _read_and_load(read, loader)
-    except ClarityResilienceError as e:
-        _drop_frames(e)
-        emitter.emit(
-            ModelLoadFailed(
-                model=model,
-                reason=e.reason,
-                error_type=type(e).__name__,
-                detail=str(e),
-                duration=time.perf_counter() - start,
-            )
-        )
-        raise
-    emitter.emit(
-        ModelLoaded(
-            model=model,
-            sha256=verified.sha256,
-            version=verified.version,
-            duration=time.perf_counter() - start,
-        )
-    )
-    return result, verified._replace(data=b"")
-
-
-def _read_and_load(
-    read: Callable[[], VerifiedBytes], loader: Callable[[bytes], T]
-) -> tuple[T, VerifiedBytes]:
-    # A frame of its own: on failure, _drop_frames can clear it (an executing frame
-    # cannot be cleared), so nothing keeps the bytes alive.
-    verified = read()
-    return _call_loader(loader, verified.data), verified
-
-
 def _drop_frames(error: BaseException) -> None:
     """Clear the locals of the finished frames that ``error`` (and its causes) hold.
 
@@ -489,15 +380,3 @@ def _drop_frames(error: BaseException) -> None:
         seen.add(id(current))
         traceback.clear_frames(current.__traceback__)
         current = current.__cause__ or current.__context__
-
-
-def _call_loader(loader: Callable[[bytes], T], data: bytes) -> T:
-    try:
-        return loader(data)
-    except ClarityResilienceError:
-        raise
-    except Exception as e:  # any loader failure on verified bytes is a typed load error
-        name = getattr(loader, "__name__", type(loader).__name__)
-        raise ModelLoadError(
-            f"loader {name} rejected the verified bytes: {type(e).__name__}: {e}"
-        ) from e

@@ -14,7 +14,8 @@ import os
 import time
 from typing import TYPE_CHECKING
 
-from ._integrity import VerifiedBytes, normalize_sha256, read_verified
+from ._integrity import normalize_sha256, read_verified
+from ._loading import VerifiedBytes
 from ._reasons import Reason
 from .exceptions import IntegrityError, ManifestError
 from .instrumentation import Emitter, IntegrityCheckFailed
