@@ -7,6 +7,7 @@ import pathlib
 from collections.abc import Iterator
 
 import pytest
+import requirements
 from prometheus_client import CollectorRegistry
 
 import clarity_resilience
@@ -40,20 +41,13 @@ def events() -> Iterator[list[Event]]:
 @pytest.fixture
 def in_ci() -> bool:
     """Return whether this is a CI run, where a missing service must fail, not skip."""
-    return os.environ.get("CI", "").lower() == "true"
+    return requirements.in_ci()
 
 
-def require_binary(name: str) -> str:
-    """Return the path of a system binary; skip without it locally, fail in CI."""
-    import shutil
-
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} is not installed (.ci/run installs it with apt)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+@pytest.fixture
+def sha256sum() -> str:
+    """Return GNU sha256sum's path (interop tests); a missing one fails in CI."""
+    return requirements.require_binary("sha256sum", "GNU coreutils")
 
 
 @pytest.fixture
@@ -61,7 +55,7 @@ def redis_server(tmp_path: pathlib.Path) -> Iterator[str]:
     """Start a real redis-server on a Unix socket in tmp_path; yield the socket path."""
     import subprocess
 
-    binary = require_binary("redis-server")
+    binary = requirements.require_binary("redis-server")
     socket_path = tmp_path / "redis.sock"
     # No TCP port (nothing to collide with), no persistence: a throwaway server.
     args = ["--port", "0", "--unixsocket", str(socket_path), "--dir", str(tmp_path)]

@@ -6,7 +6,6 @@ import importlib
 import json
 import pathlib
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+import requirements
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -52,32 +52,19 @@ EXPECTED_METRICS = {
 }
 
 
-def _missing(what: str, in_ci: bool) -> None:
-    """Fail in CI, where everything must be installed; skip locally."""
-    message = f"{what} is not installed (.ci/run installs it)"
-    if in_ci:
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 @pytest.fixture
-def promtool(in_ci: bool) -> str:
+def promtool() -> str:
     """Return the path of Prometheus' promtool."""
-    path = shutil.which("promtool")
-    if path is None:
-        _missing("promtool (Debian: apt-get install prometheus)", in_ci)
-    assert path is not None
-    return path
+    return requirements.require_binary("promtool", "Debian: apt-get install prometheus")
 
 
 @pytest.fixture
-def yaml(in_ci: bool) -> ModuleType:
+def yaml() -> ModuleType:
     """Return PyYAML, to read the rules the way Prometheus does."""
     try:
         return importlib.import_module("yaml")
     except ImportError:
-        _missing("PyYAML", in_ci)
-        raise
+        requirements.missing("PyYAML")
 
 
 def run_promtool(promtool: str, *args: str, stdin: str | None = None) -> str:

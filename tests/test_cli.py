@@ -7,11 +7,11 @@ import hashlib
 import json
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
 
 import pytest
+from trees import make_tree
 
 from clarity_resilience import _cli
 from clarity_resilience._cli import main
@@ -26,14 +26,6 @@ FILES = {
 }
 
 
-def make_tree(root: pathlib.Path, files: dict[str, bytes]) -> pathlib.Path:
-    for name, data in files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    return root
-
-
 @pytest.fixture
 def model_dir(tmp_path: pathlib.Path) -> pathlib.Path:
     return make_tree(tmp_path / "model", FILES)
@@ -44,17 +36,6 @@ def manifest_file(model_dir: pathlib.Path) -> pathlib.Path:
     """Return a sha256sum manifest of model_dir, stored inside it (as users often do)."""
     path = model_dir / "MANIFEST.sha256"
     assert main(["manifest", "create", str(model_dir), "-o", str(path)]) == 0
-    return path
-
-
-@pytest.fixture
-def sha256sum(in_ci: bool) -> str:
-    """Return GNU sha256sum's path; a missing one fails in CI and skips elsewhere."""
-    path = shutil.which("sha256sum")
-    if path is None:
-        if in_ci:
-            pytest.fail("sha256sum (GNU coreutils) is required in CI")
-        pytest.skip("sha256sum is not installed")
     return path
 
 

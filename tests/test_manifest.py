@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
+from trees import make_tree
 
 from clarity_resilience import (
     ChecksumMismatchError,
@@ -44,14 +45,6 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def make_tree(root: pathlib.Path, files: dict[str, bytes]) -> pathlib.Path:
-    for name, data in files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    return root
-
-
 @pytest.fixture
 def model_dir(tmp_path: pathlib.Path) -> pathlib.Path:
     """Return a small model directory with a nested file."""
@@ -61,17 +54,6 @@ def model_dir(tmp_path: pathlib.Path) -> pathlib.Path:
 @pytest.fixture
 def manifest(model_dir: pathlib.Path) -> Manifest:
     return Manifest.build(model_dir, version="1.0")
-
-
-@pytest.fixture
-def sha256sum(in_ci: bool) -> str:
-    """Return GNU sha256sum's path; a missing one fails in CI and skips elsewhere."""
-    path = shutil.which("sha256sum")
-    if path is None:
-        if in_ci:
-            pytest.fail("sha256sum (GNU coreutils) is required in CI")
-        pytest.skip("sha256sum is not installed")
-    return path
 
 
 def meet_in_threads(original: Callable[..., Any], parties: int = 2) -> tuple[Any, set[str]]:
