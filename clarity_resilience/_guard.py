@@ -73,7 +73,8 @@ class ModelGuard(Generic[M]):
         manifest: A :class:`~clarity_resilience.Manifest`, or the path of one (read
             again at every load, so a reload picks up a new manifest).
         entry: Which manifest entry to load.
-        source: A remote source with ``fetch()``, ``path``, ``sha256`` and ``size``.
+        source: A remote source with ``fetch()``, ``evict()``, ``path``, ``sha256`` and
+            ``size`` (:class:`~clarity_resilience.sources.HttpSource`).
         version: A version string to report (defaults to the manifest's version).
         expected_version: With a manifest: refuse (``version_mismatch``) any manifest
             whose model version differs, so a stale or foreign manifest never serves.

@@ -8,7 +8,6 @@ cache. Whatever the origin, the bytes handed to the loader are read once and ver
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import time
@@ -95,9 +94,9 @@ class Origin:
     ) -> VerifiedBytes:
         """Read the source's cached copy, fetching (or re-fetching) it when needed.
 
-        A cached copy is read and verified once. If it is missing, or fails (tampered
-        cache: audited), the source fetches again (its download is verified while it
-        streams) and the bytes are read and verified once more on their way in.
+        A cached copy is read and verified once. If it is missing, or fails (a tampered
+        cache: audited once, then evicted), the source downloads it again (verified while
+        it streams) and the bytes are read and verified once more on their way in.
         """
 
         def verified_copy(path: str | os.PathLike[str]) -> VerifiedBytes:
@@ -107,10 +106,12 @@ class Origin:
             return VerifiedBytes(data, source.sha256, self.version)
 
         if os.path.isfile(source.path):
-            # A tampered cache is audited by read_verified; the source is the truth, so
-            # fall through and fetch again rather than refuse.
-            with contextlib.suppress(IntegrityError):
+            try:
                 return verified_copy(source.path)
+            except IntegrityError:
+                # Audited by read_verified. The source is the truth, not the cache: drop
+                # the bad copy so fetch downloads afresh (without hashing it again).
+                source.evict()
         return verified_copy(source.fetch(model=model, registry=registry))
 
     def _open_manifest(

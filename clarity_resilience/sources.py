@@ -290,9 +290,16 @@ class HttpSource:
             # Corruption or tampering in the cache is worth an alert even though a fresh
             # download may still succeed.
             report.failed(str(self.path), e, start)
-            with contextlib.suppress(OSError):
-                self.path.unlink()
+            self.evict()
             return None
+
+    def evict(self) -> None:
+        """Remove the cached copy (if any), so the next :meth:`fetch` downloads afresh.
+
+        For a caller that found the cached copy bad itself (and has audited that).
+        """
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
 
     @contextlib.contextmanager
     def _client_for_download(self) -> Iterator[httpx.Client]:

@@ -522,3 +522,40 @@ class TestTransientRefusals:
             sample(registry, "model_integrity_failures_total", model="m", reason="fetch_error")
             == 1.0
         )
+
+
+class TestSourceCache:
+    def test_tampered_cache_is_counted_once_and_downloaded_again(
+        self, tmp_path: pathlib.Path, registry: CollectorRegistry
+    ) -> None:
+        """A tampered cached copy is refused, counted once, evicted and fetched afresh."""
+        from artifact_store import ArtifactStore
+
+        from clarity_resilience.sources import HttpSource
+
+        root = tmp_path / "store"
+        root.mkdir()
+        digest = write(root / "model.safetensors", model_bytes(1.0))
+        with ArtifactStore(root) as store:
+            source = HttpSource(
+                store.url("model.safetensors"),
+                sha256=digest,
+                cache_dir=tmp_path / "cache",
+                attempts=1,
+            )
+            guard = cr.ModelGuard(
+                "m", source=source, loader=cr.loaders.safetensors, registry=registry
+            )
+            guard.load()
+            source.path.write_bytes(model_bytes(666.0))  # the cache is tampered with
+            guard.reload()
+            requests = store.requests("model.safetensors")
+        assert guard.predict(total) == 64 * 64 + 64  # the real model, downloaded again
+        assert requests == 2
+        assert (
+            sample(
+                registry, "model_integrity_failures_total", model="m", reason="checksum_mismatch"
+            )
+            == 1.0
+        )
+        assert cr.sha256_file(source.path) == digest
