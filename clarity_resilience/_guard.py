@@ -55,7 +55,6 @@ class _Serving(Generic[M]):
     model: M
     sha256: str
     version: str | None
-    loaded_at: float
 
 
 class ModelGuard(Generic[M]):
@@ -285,7 +284,7 @@ class ModelGuard(Generic[M]):
             model=self.name,
             registry=self.registry,
         )
-        return _Serving(model, verified.sha256, verified.version, time.time())
+        return _Serving(model, verified.sha256, verified.version)
 
     # -- predicting -----------------------------------------------------------------
 

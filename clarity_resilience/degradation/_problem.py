@@ -147,10 +147,6 @@ class Problem:
             headers.append(("Retry-After", str(self.retry_after)))
         return headers
 
-    def to_dict(self) -> dict[str, Any]:
-        """Return the body members: ``type``, ``title``, ``status``, ``detail``, ``reason``."""
-        return dict(json.loads(self.body()))
-
     def body(self) -> bytes:
         """Return the JSON body as bytes (the same few documents again and again: cached)."""
         return _problem_body(self)
