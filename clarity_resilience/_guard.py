@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from ._breaker import Breaker
 from ._loading import deserialize_verified
 from ._origin import Origin, make_origin
-from ._reasons import INTEGRITY_REASONS, TRANSIENT_REASONS, Reason
+from ._reasons import Reason, bytes_refused
 from .exceptions import (
     ClarityResilienceError,
     InvalidInputError,
@@ -366,29 +366,19 @@ class ModelGuard(Generic[M]):
 
     def _unavailable(self) -> ModelUnavailableError:
         last = self._last_error
-        if last is not None and last.reason in TRANSIENT_REASONS:
-            # The store or disk failed, not the bytes: worth a retry soon.
-            error = ModelUnavailableError(
-                f"model {self.name!r} could not be fetched ({last.reason}); nothing serves",
-                retry_after=self.unavailable_retry_after,
-                reason=last.reason,
-            )
-        elif last is not None and last.reason in INTEGRITY_REASONS:
-            error = ModelUnavailableError(
-                f"model {self.name!r} failed integrity checks ({last.reason}); nothing serves",
-                retry_after=self.integrity_retry_after,
-                reason=last.reason,
-            )
-        elif last is not None:
-            error = ModelUnavailableError(
-                f"model {self.name!r} could not be loaded ({last.reason}); nothing serves",
-                retry_after=self.unavailable_retry_after,
-                reason=last.reason,
-            )
-        else:
+        if last is None:
             error = ModelUnavailableError(
                 f"model {self.name!r} has no verified version loaded",
                 retry_after=self.unavailable_retry_after,
+            )
+        else:
+            long_wait = bytes_refused(last.reason)
+            error = ModelUnavailableError(
+                f"model {self.name!r} has nothing verified to serve (last load: {last.reason})",
+                retry_after=self.integrity_retry_after
+                if long_wait
+                else self.unavailable_retry_after,
+                reason=last.reason,
             )
         error.__cause__ = last
         return error

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["INTEGRITY_REASONS", "REFUSAL_REASONS", "TRANSIENT_REASONS", "Reason"]
+__all__ = [
+    "INTEGRITY_REASONS",
+    "REFUSAL_REASONS",
+    "TRANSIENT_REASONS",
+    "Reason",
+    "bytes_refused",
+]
 
 
 class Reason(enum.StrEnum):
@@ -52,3 +58,12 @@ REFUSAL_REASONS: tuple[Reason, ...] = (*INTEGRITY_REASONS, Reason.LOAD_ERROR, Re
 #: Refusals caused by the path to the bytes (disk, store, network), not by the bytes:
 #: they may pass on the next attempt, so callers are told to retry soon.
 TRANSIENT_REASONS: tuple[Reason, ...] = (Reason.IO_ERROR, Reason.FETCH_ERROR, Reason.TIMEOUT)
+
+
+def bytes_refused(reason: Reason) -> bool:
+    """Return whether ``reason`` says the bytes themselves failed integrity checks.
+
+    That is what waits for an operator (HTTP ``integrity_failure``, the long
+    ``Retry-After``); a disk, store or network failure may pass on the next attempt.
+    """
+    return reason in INTEGRITY_REASONS and reason not in TRANSIENT_REASONS

@@ -13,7 +13,7 @@ import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
-from .._reasons import INTEGRITY_REASONS, TRANSIENT_REASONS, Reason
+from .._reasons import Reason, bytes_refused
 from ..exceptions import (
     ClarityResilienceError,
     InvalidInputError,
@@ -205,7 +205,7 @@ def problem_for(
     if isinstance(exc, ModelUnavailableError):
         if exc.reason == Reason.BREAKER_OPEN:
             reason: ProblemReason = "breaker_open"
-        elif _content_refused(exc.reason):
+        elif bytes_refused(exc.reason):
             reason = "integrity_failure"
         else:
             reason = "unavailable"
@@ -213,13 +213,9 @@ def problem_for(
             integrity_retry_after if reason == "integrity_failure" else unavailable_retry_after
         )
         return _problem(503, reason, retry_after=_seconds(exc.retry_after, fallback))
-    if _content_refused(exc.reason):
+    if bytes_refused(exc.reason):
         return _problem(503, "integrity_failure", retry_after=_seconds(integrity_retry_after))
     return _problem(503, "unavailable", retry_after=_seconds(unavailable_retry_after))
-
-
-def _content_refused(reason: Reason) -> bool:
-    return reason in INTEGRITY_REASONS and reason not in TRANSIENT_REASONS
 
 
 def liveness() -> HealthResponse:
