@@ -127,8 +127,9 @@ def hash_files(args: argparse.Namespace) -> int:
     for name in args.files:
         try:
             digest = sha256_file(name)
-        except OSError as e:
-            _error(f"{_printable(name)}: {e.strerror or e}")
+        except IntegrityError as e:
+            cause = e.__cause__ if isinstance(e.__cause__, OSError) else None
+            _error(f"{_printable(name)}: {cause.strerror if cause else e}")
             status = EXIT_FAILURE
             continue
         _write_stdout(format_hash_line(name, digest))

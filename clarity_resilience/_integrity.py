@@ -10,25 +10,16 @@ a loader.
 
 from __future__ import annotations
 
-import ctypes
-import errno
-import hashlib
-import hmac
 import os
-import queue
-import stat
-import sys
-import threading
 import time
 import traceback
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
+from . import _bytesfill, _hashing
+from ._hashing import DEFAULT_MAX_SIZE, Opened
 from ._reasons import Reason
-from .exceptions import (
-    ChecksumMismatchError,
-    IntegrityError,
-    SizeMismatchError,
-)
+from .exceptions import IntegrityError
 from .instrumentation import (
     Emitter,
     IntegrityCheckFailed,
@@ -38,26 +29,21 @@ from .instrumentation import (
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-__all__ = ["normalize_sha256", "read_verified", "sha256_file", "verify_file"]
+__all__ = [
+    "DEFAULT_MAX_SIZE",
+    "normalize_sha256",
+    "read_verified",
+    "read_verified_entry",
+    "sha256_file",
+    "verify_entry",
+    "verify_file",
+]
 
 T = TypeVar("T")
 
 #: Model label used when a bare function is called without ``model=``.
 UNNAMED = "unnamed"
 
-# read_verified reads (and hands to the hashing thread) small chunks, each hashed while
-# it is still in cache: hashing a large buffer back from main memory is measurably
-# slower, and a small first chunk lets the pipeline start hashing at once.
-_CHUNK = 256 * 1024
-# Chunks the reader may run ahead of the hashing thread (bounds how cold they get).
-_PIPELINE_DEPTH = 8
-# verify_file's reused buffer: large reads keep the GIL hand-offs of parallel workers rare.
-_VERIFY_CHUNK = 8 * 1024 * 1024
-# Below this size a second thread costs more than it saves.
-_PIPELINE_MIN = 32 * 1024 * 1024
-_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-# O_NONBLOCK: opening a FIFO planted in place of a model must not hang; fstat then refuses it.
-_OPEN_FLAGS |= getattr(os, "O_NONBLOCK", 0)
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -71,173 +57,72 @@ def normalize_sha256(sha256: str) -> str:
     return digest
 
 
+def _check_size_argument(name: str, value: object) -> None:
+    if value is None:
+        return
+    # bool excluded: True is an int, but not a size.
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+
+
 def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Return the SHA-256 hex digest of a file, streaming it with a large buffer.
+    """Return the SHA-256 hex digest of a regular file (a symlink to one is followed).
 
-    Hashing releases the GIL, so several files can be hashed in parallel threads.
-    Use :func:`read_verified` instead when the bytes are going to be loaded.
+    The file is opened without blocking (a FIFO is refused, not waited on) and hashed
+    through a reused buffer. Use :func:`read_verified` instead when the bytes are going
+    to be loaded.
+
+    Raises:
+        IntegrityError: Missing (``MISSING``), not a regular file (``UNSAFE_PATH``),
+            unreadable or changed size while being hashed.
     """
-    with open(path, "rb", buffering=0) as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def _new_bytes(size: int) -> tuple[bytes | None, memoryview]:
-    """Allocate an uninitialised ``bytes`` of ``size`` and a writable view of it.
-
-    Loaders such as ``safetensors`` and ``onnxruntime`` accept only ``bytes``; reading
-    into a ``bytearray`` and converting would hold the file twice. CPython's own
-    ``FileIO.readall`` fills a fresh bytes object the same way, and nobody else holds a
-    reference to it until it is returned. Elsewhere (and for 0 or 1 byte, which CPython
-    may share) the bytes come from a ``bytearray`` copied after the read: ``None`` is
-    returned and the caller copies.
-    """
-    if _PyBytes_FromStringAndSize is None or size < 2:
-        return None, memoryview(bytearray(size))
-    data: bytes = _PyBytes_FromStringAndSize(None, size)
-    offset = bytes.__basicsize__ - 1  # ob_sval: the payload after the object header
-    view = memoryview((ctypes.c_char * size).from_address(id(data) + offset)).cast("B")
-    return data, view
-
-
-def _bytes_allocator() -> Any:
-    if sys.implementation.name != "cpython":
-        return None
-    alloc = ctypes.pythonapi.PyBytes_FromStringAndSize
-    alloc.restype = ctypes.py_object
-    alloc.argtypes = (ctypes.c_char_p, ctypes.c_ssize_t)
-    return alloc
-
-
-_PyBytes_FromStringAndSize = _bytes_allocator()
-
-
-def _read_exactly(fd: int, view: memoryview, size: int, path: str) -> str:
-    """Fill ``view`` with exactly ``size`` bytes of ``fd`` while hashing them."""
-    hasher = hashlib.sha256()
-    chunks: queue.Queue[memoryview | None] | None = None
-    worker: threading.Thread | None = None
-    failure: list[BaseException] = []
-    if size >= _PIPELINE_MIN:
-        # Hash chunk n on a second thread while chunk n+1 is read (both release the GIL).
-        chunks = queue.Queue(maxsize=_PIPELINE_DEPTH)
-        worker = threading.Thread(
-            target=_hash_chunks,
-            args=(hasher, chunks, failure),
-            name="clarity-hash",
-            daemon=True,
-        )
-        worker.start()
+    opened = _hashing.open_regular(os.fspath(path), follow=True)
     try:
-        pos = 0
-        while pos < size:
-            got = os.readv(fd, [view[pos : pos + min(_CHUNK, size - pos)]])
-            if got == 0:
-                raise SizeMismatchError(
-                    f"{path} shrank while being read ({pos} of {size} bytes)",
-                    path=path,
-                    expected=size,
-                    actual=pos,
-                )
-            if chunks is None:
-                hasher.update(view[pos : pos + got])
-            else:
-                chunks.put(view[pos : pos + got])
-            pos += got
-        if os.read(fd, 1):
-            raise SizeMismatchError(
-                f"{path} grew while being read (more than {size} bytes)",
-                path=path,
-                expected=size,
-                actual=f">{size}",
-            )
+        return _hashing.hash_fd(opened, opened.st.st_size)
     finally:
-        if chunks is not None and worker is not None:
-            chunks.put(None)
-            worker.join()
-    if failure:
-        raise failure[0]
-    return hasher.hexdigest()
+        opened.close()
 
 
-def _hash_chunks(
-    hasher: Any, chunks: queue.Queue[memoryview | None], failure: list[BaseException]
-) -> None:
-    while (chunk := chunks.get()) is not None:
-        if failure:
-            continue  # keep draining: the reader must never block on a full queue
+def _read(opened: Opened, sha256: str, size: int | None, max_size: int | None) -> bytes:
+    """Read the open file into private memory while hashing it; return it if it matches."""
+    try:
+        length = _hashing.check_size(opened, size, max_size)
         try:
-            hasher.update(chunk)
-        except BaseException as e:  # noqa: BLE001 - re-raised by the reader after join()
-            failure.append(e)
-
-
-def _open_regular(path: str) -> tuple[int, os.stat_result]:
-    """Open ``path`` without following a final symlink; return the fd and its fstat."""
-    try:
-        fd = os.open(path, _OPEN_FLAGS)
-    except FileNotFoundError as e:
-        raise IntegrityError(f"{path} does not exist", path=path, reason=Reason.MISSING) from e
-    except PermissionError as e:
-        raise IntegrityError(
-            f"{path} cannot be read: permission denied", path=path, reason=Reason.IO_ERROR
-        ) from e
-    except OSError as e:
-        if e.errno == errno.ELOOP:
+            owner, view = _bytesfill.new_buffer(length)
+        except MemoryError:
             raise IntegrityError(
-                f"{path} is a symbolic link; a verified file must be a regular file",
-                path=path,
-                reason=Reason.UNSAFE_PATH,
-            ) from e
-        raise IntegrityError(
-            f"{path} cannot be opened: {e.strerror}", path=path, reason=Reason.IO_ERROR
-        ) from e
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise IntegrityError(
-                f"{path} is not a regular file", path=path, reason=Reason.UNSAFE_PATH
-            )
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, st
-
-
-def _read_verified(path: str, sha256: str, size: int | None) -> bytes:
-    fd, st = _open_regular(path)
-    try:
-        if size is not None and st.st_size != size:
-            raise SizeMismatchError(
-                f"{path} is {st.st_size} bytes, expected {size}",
-                path=path,
-                expected=size,
-                actual=st.st_size,
-            )
-        length = st.st_size
-        data, view = _new_bytes(length)
-        try:
-            actual = _read_exactly(fd, view, length, path)
-        except OSError as e:
-            raise IntegrityError(
-                f"{path} could not be read: {e.strerror}", path=path, reason=Reason.IO_ERROR
-            ) from e
-        if data is None:
-            data = bytes(view)
+                f"{opened.name} ({length} bytes) cannot be read: not enough memory",
+                path=opened.name,
+                reason=Reason.IO_ERROR,
+            ) from None
+        actual = _hashing.hash_fd(opened, length, view, owner)
         view.release()
+        data = owner if isinstance(owner, bytes) else bytes(owner)  # a copy off CPython
+        del owner
+        _hashing.compare(opened.name, actual, sha256)
+        _hashing.check_not_replaced(opened)
     finally:
-        os.close(fd)
-    if not hmac.compare_digest(actual, sha256):
-        raise ChecksumMismatchError(
-            f"{path} has SHA-256 {actual}, expected {sha256}",
-            path=path,
-            expected=sha256,
-            actual=actual,
-        )
-    _check_not_replaced(path, st)
+        opened.close()
     return data
 
 
-def verify_file(path: str | os.PathLike[str], *, sha256: str, size: int | None = None) -> int:
+def _verify(opened: Opened, sha256: str, size: int | None, max_size: int | None) -> int:
+    try:
+        length = _hashing.check_size(opened, size, max_size)
+        actual = _hashing.hash_fd(opened, length)
+    finally:
+        opened.close()
+    _hashing.compare(opened.name, actual, sha256)
+    return length
+
+
+def verify_file(
+    path: str | os.PathLike[str],
+    *,
+    sha256: str,
+    size: int | None = None,
+    max_size: int | None = None,
+) -> int:
     """Check a file like :func:`read_verified` without keeping its bytes; return its size.
 
     Same open rules (no final symlink, regular file, size checked first); reads through
@@ -247,69 +132,20 @@ def verify_file(path: str | os.PathLike[str], *, sha256: str, size: int | None =
     Raises:
         ChecksumMismatchError, SizeMismatchError, IntegrityError: As :func:`read_verified`.
     """
-    name = os.fspath(path)
     expected = normalize_sha256(sha256)
-    fd, st = _open_regular(name)
-    try:
-        if size is not None and st.st_size != size:
-            raise SizeMismatchError(
-                f"{name} is {st.st_size} bytes, expected {size}",
-                path=name,
-                expected=size,
-                actual=st.st_size,
-            )
-        hasher = hashlib.sha256()
-        buf = memoryview(bytearray(_VERIFY_CHUNK))
-        total = 0
-        try:
-            while got := os.readv(fd, [buf]):
-                hasher.update(buf[:got])
-                total += got
-                if total > st.st_size:
-                    raise SizeMismatchError(
-                        f"{name} grew while being read", path=name, expected=st.st_size,
-                        actual=f">{st.st_size}",
-                    )  # fmt: skip
-        except OSError as e:
-            raise IntegrityError(
-                f"{name} could not be read: {e.strerror}", path=name, reason=Reason.IO_ERROR
-            ) from e
-        if total != st.st_size:
-            raise SizeMismatchError(
-                f"{name} shrank while being read ({total} of {st.st_size} bytes)",
-                path=name,
-                expected=st.st_size,
-                actual=total,
-            )
-    finally:
-        os.close(fd)
-    actual = hasher.hexdigest()
-    if not hmac.compare_digest(actual, expected):
-        raise ChecksumMismatchError(
-            f"{name} has SHA-256 {actual}, expected {expected}",
-            path=name,
-            expected=expected,
-            actual=actual,
-        )
-    return total
+    _check_size_argument("size", size)
+    _check_size_argument("max_size", max_size)
+    return _verify(_hashing.open_regular(os.fspath(path)), expected, size, max_size)
 
 
-def _check_not_replaced(path: str, st: os.stat_result) -> None:
-    """Fail if ``path`` no longer names the inode that was read (replaced during the read)."""
-    try:
-        now = os.stat(path, follow_symlinks=False)
-    except FileNotFoundError as e:
-        raise IntegrityError(
-            f"{path} was removed while being read", path=path, reason=Reason.MISSING
-        ) from e
-    except OSError as e:
-        raise IntegrityError(
-            f"{path} could not be re-checked: {e.strerror}", path=path, reason=Reason.IO_ERROR
-        ) from e
-    if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
-        raise IntegrityError(
-            f"{path} was replaced while being read", path=path, reason=Reason.UNSAFE_PATH
-        )
+def verify_entry(root: str, rel: str, *, sha256: str, size: int | None = None) -> int:
+    """Check the file ``rel`` below ``root`` (opened component by component); return its size.
+
+    Raises:
+        ChecksumMismatchError, SizeMismatchError, IntegrityError: As :func:`verify_file`,
+            or a symlink or missing directory on the way.
+    """
+    return _verify(_hashing.open_below(root, rel), normalize_sha256(sha256), size, None)
 
 
 def read_verified(
@@ -317,6 +153,7 @@ def read_verified(
     *,
     sha256: str,
     size: int | None = None,
+    max_size: int | None = None,
     model: str = UNNAMED,
     registry: CollectorRegistry | None = None,
 ) -> bytes:
@@ -326,6 +163,8 @@ def read_verified(
         path: The file. A symbolic link in its last component is refused.
         sha256: The expected SHA-256 hex digest.
         size: The expected size in bytes; checked before hashing and caps the read.
+        max_size: Without ``size``, refuse a file larger than this before reading it
+            (default :data:`DEFAULT_MAX_SIZE`, 16 GiB).
         model: The ``model`` label for metrics and audit events.
         registry: The Prometheus registry to record into (default registry if None).
 
@@ -334,18 +173,53 @@ def read_verified(
 
     Raises:
         ChecksumMismatchError: The digest differs.
-        SizeMismatchError: The size differs, or changed during the read.
-        IntegrityError: Missing, unreadable, not a regular file, a symlink, or replaced.
+        SizeMismatchError: The size differs, changed during the read, or is over the cap.
+        IntegrityError: Missing, unreadable, not a regular file, a symlink, replaced, or
+            too large for the memory available (``io_error``).
     """
     expected = normalize_sha256(sha256)
-    # type() rather than isinstance(): True is an int, but not a size.
-    if size is not None and (type(size) is not int or size < 0):
-        raise ValueError(f"size must be a non-negative int, got {size!r}")
+    _check_size_argument("size", size)
+    _check_size_argument("max_size", max_size)
     name = os.fspath(path)
+    return _reported(
+        lambda: _read(_hashing.open_regular(name), expected, size, max_size),
+        name,
+        model,
+        registry,
+    )
+
+
+def read_verified_entry(
+    root: str,
+    rel: str,
+    *,
+    sha256: str,
+    size: int | None = None,
+    model: str = UNNAMED,
+    registry: CollectorRegistry | None = None,
+) -> bytes:
+    """Read the file ``rel`` below ``root`` like :func:`read_verified`.
+
+    Each directory on the way is opened relative to its parent without following a
+    symlink, so a directory swapped for a symlink is refused, never traversed.
+    """
+    expected = normalize_sha256(sha256)
+    return _reported(
+        lambda: _read(_hashing.open_below(root, rel), expected, size, None),
+        os.path.join(root, *rel.split("/")),
+        model,
+        registry,
+    )
+
+
+def _reported(
+    read: Callable[[], bytes], name: str, model: str, registry: CollectorRegistry | None
+) -> bytes:
+    """Run a verified read and report its one outcome (event and metric)."""
     emitter = Emitter(registry)
     start = time.perf_counter()
     try:
-        data = _read_verified(name, expected, size)
+        data = read()
     except IntegrityError as e:
         _drop_frames(e)
         emitter.emit(

@@ -15,7 +15,7 @@ import types
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Literal
 
-from ._integrity import read_verified, verify_file
+from ._integrity import read_verified_entry, verify_entry
 from ._manifest_format import (
     dump_json,
     dump_sha256sum,
@@ -192,7 +192,7 @@ class Manifest:
         names = list_files(root, frozenset(normalize_path(name) for name in exclude))
         with worker_pool(workers) as pool:
             # hash_file is looked up at call time so tests can observe the worker threads.
-            hashed = list(pool.map(hash_file, [os.path.join(root, name) for name in names]))
+            hashed = list(pool.map(lambda name: hash_file(root, name), names))
         return cls(
             (
                 ManifestEntry(name, digest, size)
@@ -262,12 +262,16 @@ class Manifest:
         start = time.perf_counter()
         try:
             entry = self._entry(name)
-            path = resolve(os.fspath(directory), entry.path)
         except IntegrityError as e:
             _emit_failures(Emitter(registry), model, os.fspath(directory), [e], start)
             raise
-        return read_verified(
-            path, sha256=entry.sha256, size=entry.size, model=model, registry=registry
+        return read_verified_entry(
+            os.fspath(directory),
+            entry.path,
+            sha256=entry.sha256,
+            size=entry.size,
+            model=model,
+            registry=registry,
         )
 
     def check(
@@ -390,9 +394,8 @@ class Manifest:
 
 def _check_entry(root: str, entry: ManifestEntry) -> tuple[int, IntegrityError | None]:
     try:
-        path = resolve(root, entry.path)
-        # verify_file is looked up at call time so tests can observe the worker threads.
-        return verify_file(path, sha256=entry.sha256, size=entry.size), None
+        # verify_entry is looked up at call time so tests can observe the worker threads.
+        return verify_entry(root, entry.path, sha256=entry.sha256, size=entry.size), None
     except IntegrityError as e:
         return 0, e
 

@@ -9,14 +9,13 @@ judged, which is simpler and leaves no "does it stay inside?" question to get wr
 from __future__ import annotations
 
 import contextlib
-import errno
-import hashlib
 import os
 import stat
 import tempfile
 from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+from ._hashing import hash_fd, open_below, read_small
 from ._reasons import Reason
 from .exceptions import IntegrityError, ManifestError
 
@@ -32,10 +31,6 @@ __all__ = [
     "write_atomic",
 ]
 
-_CHUNK = 1024 * 1024
-_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-# A FIFO swapped in after the walk must not block the open; fstat then refuses it.
-_OPEN_FLAGS |= getattr(os, "O_NONBLOCK", 0)
 # A manifest larger than this is not a manifest (someone passed the model file itself).
 _MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 # Mode of a newly written manifest: readable by the serving user (mkstemp makes 0600).
@@ -122,26 +117,17 @@ def list_files(root: str, skip: frozenset[str]) -> list[str]:
 def read_manifest_text(path: str) -> str:
     """Return the text of a manifest file, undecodable bytes kept as surrogates.
 
+    The manifest is opened like a model file: never blocking (a FIFO is refused, not
+    waited on), no symlink in its last component, a regular file no larger than 64 MiB.
+
     Raises:
-        ManifestError: Missing (``MISSING``), unreadable or too large (``IO_ERROR``).
+        ManifestError: Missing (``MISSING``), a symlink or special file
+            (``UNSAFE_PATH``), unreadable or too large (``IO_ERROR``).
     """
     try:
-        with open(path, "rb") as f:
-            data = f.read(_MAX_MANIFEST_BYTES + 1)
-    except FileNotFoundError:
-        raise ManifestError(
-            f"manifest {path} does not exist", path=path, reason=Reason.MISSING
-        ) from None
-    except OSError as e:
-        raise ManifestError(
-            f"manifest {path} cannot be read: {e.strerror}", path=path, reason=Reason.IO_ERROR
-        ) from e
-    if len(data) > _MAX_MANIFEST_BYTES:
-        raise ManifestError(
-            f"manifest {path} is larger than {_MAX_MANIFEST_BYTES} bytes",
-            path=path,
-            reason=Reason.IO_ERROR,
-        )
+        data = read_small(path, max_size=_MAX_MANIFEST_BYTES)
+    except IntegrityError as e:
+        raise ManifestError(f"manifest {e}", path=path, reason=e.reason) from e
     # surrogateescape keeps a bad byte on its own line, so the error can name the line.
     return data.decode("utf-8", "surrogateescape")
 
@@ -224,49 +210,27 @@ def resolve(root: str, rel: str) -> str:
     return full
 
 
-def hash_file(path: str) -> tuple[str, int]:
-    """Return the SHA-256 hex digest and size of a regular file, without following a symlink.
+def hash_file(root: str, rel: str) -> tuple[str, int]:
+    """Return the SHA-256 hex digest and size of the regular file ``rel`` below ``root``.
+
+    Opened component by component without following a symlink (like a verified read).
 
     Raises:
         ManifestError: A symlink or special file (``UNSAFE_PATH``), an unreadable file
             (``IO_ERROR``), or one whose size changed while it was hashed.
     """
     try:
-        fd = os.open(path, _OPEN_FLAGS)
-    except OSError as e:
-        # ELOOP: a symlink was swapped in after the walk saw a regular file.
-        reason = Reason.UNSAFE_PATH if e.errno == errno.ELOOP else Reason.IO_ERROR
-        raise ManifestError(
-            f"{path} cannot be hashed: {e.strerror}", path=path, reason=reason
-        ) from e
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ManifestError(
-                f"{path} is not a regular file", path=path, reason=Reason.UNSAFE_PATH
-            )
-        hasher = hashlib.sha256()
-        buffer = memoryview(bytearray(_CHUNK))
-        total = 0
+        opened = open_below(root, rel)
         try:
-            while got := os.readv(fd, [buffer]):
-                hasher.update(buffer[:got])  # releases the GIL: other files hash meanwhile
-                total += got
-        except OSError as e:
-            raise ManifestError(
-                f"{path} could not be read: {e.strerror}", path=path, reason=Reason.IO_ERROR
-            ) from e
-    finally:
-        os.close(fd)
-    if total != st.st_size:
+            return hash_fd(opened, opened.st.st_size), opened.st.st_size
+        finally:
+            opened.close()
+    except ManifestError:
+        raise
+    except IntegrityError as e:
         raise ManifestError(
-            f"{path} changed size while being hashed ({st.st_size} -> {total} bytes)",
-            path=path,
-            expected=st.st_size,
-            actual=total,
-            reason=Reason.SIZE_MISMATCH,
-        )
-    return hasher.hexdigest(), total
+            str(e), path=e.path, expected=e.expected, actual=e.actual, reason=e.reason
+        ) from e
 
 
 def write_atomic(path: str, data: bytes) -> None:

@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry
 from safetensors.numpy import save as save_safetensors
 
 import clarity_resilience as cr
-from clarity_resilience import _integrity, loaders
+from clarity_resilience import _hashing, loaders
 from clarity_resilience.instrumentation import (
     Event,
     IntegrityCheckFailed,
@@ -471,11 +471,11 @@ class TestConcurrentModification:
     ) -> None:
         """Under a concurrent corruptor every call returns exactly the good model or raises."""
         if chunk is not None:  # smaller chunks: a small file still spans many reads
-            monkeypatch.setattr(_integrity, "_CHUNK", chunk)
+            monkeypatch.setattr(_hashing, "CHUNK", chunk)
         if pipeline_min is not None:
-            monkeypatch.setattr(_integrity, "_PIPELINE_MIN", pipeline_min)
+            monkeypatch.setattr(_hashing, "PIPELINE_MIN", pipeline_min)
         m = write_model(tmp_path / "model.safetensors", nbytes, seed=1)
-        assert nbytes >= _integrity._PIPELINE_MIN or pipeline_min is None
+        assert nbytes >= _hashing.PIPELINE_MIN or pipeline_min is None
         rng = random.Random(1234)
         # Good bytes stay put for up to about the time one read takes.
         writer = Writer(m, seed=4321, pause=nbytes / (1000 * MIB))

@@ -27,7 +27,7 @@ from clarity_resilience import (
     SizeMismatchError,
     _manifest,
 )
-from clarity_resilience._integrity import verify_file
+from clarity_resilience._integrity import verify_entry
 from clarity_resilience._manifest import Manifest, ManifestEntry
 from clarity_resilience._manifest_fs import hash_file
 from clarity_resilience.instrumentation import Event, IntegrityCheckFailed, IntegrityCheckPassed
@@ -686,8 +686,8 @@ class TestCheck:
         self, manifest: Manifest, model_dir: pathlib.Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """Listed files are verified concurrently by the manifest's worker threads."""
-        wrapped, names = meet_in_threads(verify_file)
-        monkeypatch.setattr(_manifest, "verify_file", wrapped)
+        wrapped, names = meet_in_threads(verify_entry)
+        monkeypatch.setattr(_manifest, "verify_entry", wrapped)
         assert manifest.check(model_dir, workers=3) == []
         assert len(names) >= 2
         assert all(name.startswith("clarity-manifest") for name in names)
