@@ -342,8 +342,12 @@ def _read_pipelined(
         name="clarity-hash",
         daemon=True,
     )
-    worker.start()
+    # The end marker is put inside the try, and again by the handler: an interrupt
+    # anywhere before it is handled here, so the worker always gets one and ends.
+    started = False
     try:
+        worker.start()
+        started = True
         pos = ahead = 0
         while pos < length:
             if ahead >= PIPELINE_DEPTH:
@@ -357,16 +361,15 @@ def _read_pipelined(
             pos += got
         if os.read(opened.fd, 1):
             raise _grew(opened, length)
+        pipe.todo.put(None)
     except BaseException:
         pipe.cancelled = True
-        raise
-    finally:
         pipe.todo.put(None)
-        try:
-            worker.join()
-        except BaseException:
-            pipe.cancelled = True  # interrupted while waiting: it stops at the next chunk
-            raise
+        if started:
+            worker.join()  # at most one chunk's hashing: it skips the rest
+        raise
+    # If this wait is interrupted, the worker still ends: it has its end marker.
+    worker.join()
     if pipe.failure is not None:
         raise pipe.failure
     if pipe.abandoned:

@@ -32,6 +32,9 @@ from clarity_resilience._manifest import Manifest, ManifestEntry
 from clarity_resilience._manifest_fs import hash_file
 from clarity_resilience.instrumentation import Event, IntegrityCheckFailed, IntegrityCheckPassed
 
+POSITIONS = pytest.mark.parametrize(
+    "position", [pytest.param(-1, id="last"), pytest.param(0, id="first")]
+)
 FILES = {
     "weights.bin": b"\x00\x01" * 5000,
     "config.json": b'{"layers": 2}',
@@ -770,6 +773,67 @@ class TestVerify:
             built.verify(root, registry=registry)
         assert len(info.value.problems) == 50
         assert str(info.value).endswith("f00.bin, f01.bin, f02.bin and 47 more")
+
+
+class TestNearMisses:
+    """Checks that a one-token change to the product would slip past (mutation testing)."""
+
+    @staticmethod
+    def one_digit_off(digest: str, position: int) -> str:
+        digits = list(digest)
+        digits[position] = "0" if digits[position] != "0" else "1"
+        return "".join(digits)
+
+    @POSITIONS
+    def test_verify_refuses_a_digest_one_digit_off(
+        self, model_dir: pathlib.Path, registry: CollectorRegistry, position: int
+    ) -> None:
+        """Manifest.verify compares all 64 digits of every entry."""
+        wrong = self.one_digit_off(sha(FILES["config.json"]), position)
+        manifest = Manifest([ManifestEntry("config.json", wrong)])
+        with pytest.raises(ChecksumMismatchError) as info:
+            manifest.verify(model_dir, allow_extra=True, model="m", registry=registry)
+        assert info.value.expected == wrong
+        assert failures(registry, "m", Reason.CHECKSUM_MISMATCH) == 1.0
+
+    @POSITIONS
+    def test_read_entry_refuses_a_digest_one_digit_off(
+        self, model_dir: pathlib.Path, position: int
+    ) -> None:
+        """read_entry compares all 64 digits."""
+        wrong = self.one_digit_off(sha(FILES["weights.bin"]), position)
+        manifest = Manifest([ManifestEntry("weights.bin", wrong)])
+        with pytest.raises(ChecksumMismatchError):
+            manifest.read_entry(model_dir, "weights.bin")
+
+    def test_verify_refuses_an_extra_file_by_default(
+        self, manifest: Manifest, model_dir: pathlib.Path, registry: CollectorRegistry
+    ) -> None:
+        """verify (not only check) refuses an unlisted file unless allow_extra is given."""
+        (model_dir / "sub" / "planted.py").write_text("import os")
+        with pytest.raises(IntegrityError, match="not listed") as info:
+            manifest.verify(model_dir, model="m", registry=registry)
+        assert info.value.reason is Reason.MANIFEST_INVALID
+        assert failures(registry, "m", Reason.MANIFEST_INVALID) == 1.0
+        manifest.verify(model_dir, allow_extra=True)
+
+    def test_read_entry_checks_the_listed_size_first(
+        self, model_dir: pathlib.Path, registry: CollectorRegistry
+    ) -> None:
+        """An entry whose size is wrong is refused for size even though its digest matches."""
+        data = FILES["weights.bin"]
+        manifest = Manifest([ManifestEntry("weights.bin", sha(data), len(data) + 1)])
+        with pytest.raises(SizeMismatchError) as info:
+            manifest.read_entry(model_dir, "weights.bin", model="m", registry=registry)
+        assert (info.value.expected, info.value.actual) == (len(data) + 1, len(data))
+        assert failures(registry, "m", Reason.SIZE_MISMATCH) == 1.0
+
+    def test_verify_checks_the_listed_size(self, model_dir: pathlib.Path) -> None:
+        """verify refuses a right digest with a wrong size too."""
+        data = FILES["config.json"]
+        manifest = Manifest([ManifestEntry("config.json", sha(data), len(data) - 1)])
+        with pytest.raises(SizeMismatchError):
+            manifest.verify(model_dir, allow_extra=True)
 
 
 class TestReadEntry:
