@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from . import instrumentation, loaders
 from ._breaker import Breaker
+from ._files import read_verified_files
 from ._guard import ModelGuard
-from ._integrity import read_verified, sha256_file
+from ._integrity import DEFAULT_MAX_SIZE, read_verified, sha256_file
 from ._loading import load_verified
 from ._manifest import Manifest, ManifestEntry
+from ._materialize import materialize
 from ._reasons import Reason
 from .exceptions import (
     ChecksumMismatchError,
@@ -32,6 +34,7 @@ __all__ = [
     "ChecksumMismatchError",
     "CircuitOpenError",
     "ClarityResilienceError",
+    "DEFAULT_MAX_SIZE",
     "IntegrityError",
     "InvalidInputError",
     "Manifest",
@@ -46,6 +49,8 @@ __all__ = [
     "instrumentation",
     "load_verified",
     "loaders",
+    "materialize",
     "read_verified",
+    "read_verified_files",
     "sha256_file",
 ]

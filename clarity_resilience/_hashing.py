@@ -41,10 +41,12 @@ __all__ = [
     "check_not_replaced",
     "check_size",
     "compare",
+    "grew_error",
     "hash_fd",
     "open_below",
     "open_regular",
     "read_small",
+    "shrank_error",
 ]
 
 #: The largest file read or verified when the caller gives no expected size: 16 GiB
@@ -157,12 +159,18 @@ def open_regular(
     return Opened(fd, st, shown, path, dir_fd)
 
 
-def open_below(root: str, rel: str) -> Opened:
+def open_below(root: str, rel: str, *, symlink_root: str | None = None) -> Opened:
     """Open the file ``rel`` below the directory ``root`` one component at a time.
 
     ``root`` itself may be a symlink (a ``current -> v3`` switch); nothing below it may
     be: each directory is opened relative to its parent with ``O_NOFOLLOW``, so a
     directory swapped for a symlink after any earlier check is refused, not traversed.
+
+    With ``symlink_root`` (the Hugging Face cache layout, where a snapshot's files are
+    symlinks into the repository's ``blobs/``), a *file* that is a symlink is allowed
+    if its target lies inside ``symlink_root``: the link is read (never followed by the
+    kernel), its target resolved against the link's directory, and opened the same way
+    from ``symlink_root``, so a chain of links or a link on the target's way is refused.
 
     Raises:
         IntegrityError: A symlink on the way (``UNSAFE_PATH``), a missing component or one
@@ -184,10 +192,41 @@ def open_below(root: str, rel: str) -> Opened:
                 raise _below_error(name, current, e, dir_fd=dir_fd, part=part) from e
             os.close(dir_fd)
             dir_fd = child
+        target = None if symlink_root is None else _link_target(parts[-1], dir_fd, name)
     except BaseException:
         os.close(dir_fd)
         raise
-    return open_regular(parts[-1], dir_fd=dir_fd, name=name)
+    if target is None:
+        return open_regular(parts[-1], dir_fd=dir_fd, name=name)
+    os.close(dir_fd)
+    assert symlink_root is not None
+    return _open_link_target(root, rel, target, symlink_root, name)
+
+
+def _link_target(leaf: str, dir_fd: int, name: str) -> str | None:
+    """Return what the symlink ``leaf`` points to, or ``None`` if it is not a symlink."""
+    try:
+        return os.readlink(leaf, dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno == errno.EINVAL:  # not a symlink: opened as a file
+            return None
+        raise _open_error(name, e) from e
+
+
+def _open_link_target(root: str, rel: str, target: str, symlink_root: str, name: str) -> Opened:
+    # The link's own directory was just opened component by component (no symlinks),
+    # so resolving its target lexically from the real root is exact.
+    base = os.path.dirname(os.path.join(os.path.realpath(root), *rel.split("/")))
+    resolved = os.path.normpath(os.path.join(base, target))
+    allowed = os.path.realpath(symlink_root)
+    if os.path.commonpath([allowed, resolved]) != allowed or resolved == allowed:
+        raise IntegrityError(
+            f"{name} is a symbolic link to {target}, outside {symlink_root}",
+            path=name,
+            reason=Reason.UNSAFE_PATH,
+        )
+    opened = open_below(allowed, os.path.relpath(resolved, allowed))
+    return opened._replace(name=name)
 
 
 def _below_error(
@@ -275,7 +314,7 @@ def hash_fd(
     return hasher.hexdigest()
 
 
-def _shrank(opened: Opened, got: int, length: int) -> SizeMismatchError:
+def shrank_error(opened: Opened, got: int, length: int) -> SizeMismatchError:
     return SizeMismatchError(
         f"{opened.name} shrank while being read ({got} of {length} bytes)",
         path=opened.name,
@@ -284,7 +323,7 @@ def _shrank(opened: Opened, got: int, length: int) -> SizeMismatchError:
     )
 
 
-def _grew(opened: Opened, length: int) -> SizeMismatchError:
+def grew_error(opened: Opened, length: int) -> SizeMismatchError:
     return SizeMismatchError(
         f"{opened.name} grew while being read (more than {length} bytes)",
         path=opened.name,
@@ -299,10 +338,10 @@ def _hash_reused(opened: Opened, hasher: Any, length: int) -> None:
     while got := os.readv(opened.fd, [buffer]):
         total += got
         if total > length:  # stop at once: a file that keeps growing must not keep us
-            raise _grew(opened, length)
+            raise grew_error(opened, length)
         hasher.update(buffer[:got])  # releases the GIL: other files hash meanwhile
     if total != length:
-        raise _shrank(opened, total, length)
+        raise shrank_error(opened, total, length)
 
 
 def _read_sequential(opened: Opened, hasher: Any, view: memoryview, length: int) -> None:
@@ -310,11 +349,11 @@ def _read_sequential(opened: Opened, hasher: Any, view: memoryview, length: int)
     while pos < length:
         got = os.readv(opened.fd, [view[pos : pos + min(CHUNK, length - pos)]])
         if got == 0:
-            raise _shrank(opened, pos, length)
+            raise shrank_error(opened, pos, length)
         hasher.update(view[pos : pos + got])
         pos += got
     if os.read(opened.fd, 1):
-        raise _grew(opened, length)
+        raise grew_error(opened, length)
 
 
 class _Pipeline:
@@ -355,12 +394,12 @@ def _read_pipelined(
                 ahead -= 1
             got = os.readv(opened.fd, [view[pos : pos + min(CHUNK, length - pos)]])
             if got == 0:
-                raise _shrank(opened, pos, length)
+                raise shrank_error(opened, pos, length)
             pipe.todo.put((pos, pos + got))
             ahead += 1
             pos += got
         if os.read(opened.fd, 1):
-            raise _grew(opened, length)
+            raise grew_error(opened, length)
         pipe.todo.put(None)
     except BaseException:
         pipe.cancelled = True

@@ -138,14 +138,22 @@ def verify_file(
     return _verify(_hashing.open_regular(os.fspath(path)), expected, size, max_size)
 
 
-def verify_entry(root: str, rel: str, *, sha256: str, size: int | None = None) -> int:
+def verify_entry(
+    root: str,
+    rel: str,
+    *,
+    sha256: str,
+    size: int | None = None,
+    symlink_root: str | None = None,
+) -> int:
     """Check the file ``rel`` below ``root`` (opened component by component); return its size.
 
     Raises:
         ChecksumMismatchError, SizeMismatchError, IntegrityError: As :func:`verify_file`,
             or a symlink or missing directory on the way.
     """
-    return _verify(_hashing.open_below(root, rel), normalize_sha256(sha256), size, None)
+    opened = _hashing.open_below(root, rel, symlink_root=symlink_root)
+    return _verify(opened, normalize_sha256(sha256), size, None)
 
 
 def read_verified(
@@ -195,17 +203,22 @@ def read_verified_entry(
     *,
     sha256: str,
     size: int | None = None,
+    symlink_root: str | None = None,
     model: str = UNNAMED,
     registry: CollectorRegistry | None = None,
 ) -> bytes:
     """Read the file ``rel`` below ``root`` like :func:`read_verified`.
 
     Each directory on the way is opened relative to its parent without following a
-    symlink, so a directory swapped for a symlink is refused, never traversed.
+    symlink, so a directory swapped for a symlink is refused, never traversed. With
+    ``symlink_root``, a file that is a symlink into that directory is allowed (its target
+    is opened the same way).
     """
     expected = normalize_sha256(sha256)
     return _reported(
-        lambda: _read(_hashing.open_below(root, rel), expected, size, None),
+        lambda: _read(
+            _hashing.open_below(root, rel, symlink_root=symlink_root), expected, size, None
+        ),
         os.path.join(root, *rel.split("/")),
         model,
         registry,

@@ -243,6 +243,7 @@ class Manifest:
         directory: str | os.PathLike[str],
         name: str,
         *,
+        symlink_root: str | os.PathLike[str] | None = None,
         model: str = "unnamed",
         registry: CollectorRegistry | None = None,
     ) -> bytes:
@@ -251,6 +252,10 @@ class Manifest:
         Args:
             directory: The model directory.
             name: The entry's path, as listed.
+            symlink_root: Allow a listed file to be a symlink whose target lies inside
+                this directory (the Hugging Face cache: ``snapshots/<rev>/`` files link
+                into the repository's ``blobs/``). The target is opened without following
+                any further link.
             model: The ``model`` label for metrics and audit events.
             registry: The Prometheus registry to record into.
 
@@ -270,6 +275,7 @@ class Manifest:
             entry.path,
             sha256=entry.sha256,
             size=entry.size,
+            symlink_root=_optional_path(symlink_root),
             model=model,
             registry=registry,
         )
@@ -282,6 +288,7 @@ class Manifest:
         expected_version: str | None = None,
         exclude: Iterable[str] = (),
         workers: int | None = None,
+        symlink_root: str | os.PathLike[str] | None = None,
     ) -> list[IntegrityError]:
         """Verify ``directory`` against the manifest and return every problem found.
 
@@ -294,11 +301,14 @@ class Manifest:
             expected_version: Also require the manifest's model version to equal this.
             exclude: Relative paths never reported as extra (e.g. the manifest itself).
             workers: Hashing threads (default: ``os.cpu_count()``).
+            symlink_root: As :meth:`read_entry`.
 
         Returns:
             The problems, a version mismatch first, then by path; empty if all is well.
         """
-        return self._check(directory, allow_extra, expected_version, exclude, workers)[0]
+        return self._check(
+            directory, allow_extra, expected_version, exclude, workers, symlink_root=symlink_root
+        )[0]
 
     def verify(
         self,
@@ -310,6 +320,7 @@ class Manifest:
         model: str = "unnamed",
         registry: CollectorRegistry | None = None,
         workers: int | None = None,
+        symlink_root: str | os.PathLike[str] | None = None,
     ) -> None:
         """Verify ``directory`` like :meth:`check`, report the outcome, raise on any problem.
 
@@ -324,7 +335,9 @@ class Manifest:
         """
         root = os.fspath(directory)
         start = time.perf_counter()
-        problems, total = self._check(root, allow_extra, expected_version, exclude, workers)
+        problems, total = self._check(
+            root, allow_extra, expected_version, exclude, workers, symlink_root=symlink_root
+        )
         emitter = Emitter(registry)
         if not problems:
             emitter.emit(
@@ -363,8 +376,11 @@ class Manifest:
         expected_version: str | None,
         exclude: Iterable[str],
         workers: int | None,
+        *,
+        symlink_root: str | os.PathLike[str] | None = None,
     ) -> tuple[list[IntegrityError], int]:
         root = os.fspath(directory)
+        links = _optional_path(symlink_root)
         found: list[tuple[tuple[int, str], IntegrityError]] = []
         if expected_version is not None and expected_version != self._version:
             mismatch = ManifestError(
@@ -382,7 +398,9 @@ class Manifest:
             skip = frozenset(normalize_path(name) for name in exclude)
             found.extend(((1, rel), e) for rel, e in find_extras(root, self._entries, skip))
         with worker_pool(workers) as pool:
-            results = list(pool.map(lambda e: _check_entry(root, e), self._entries.values()))
+            results = list(
+                pool.map(lambda e: _check_entry(root, e, links), self._entries.values())
+            )
         total = 0
         for entry, (size, error) in zip(self._entries.values(), results, strict=True):
             total += size
@@ -392,10 +410,19 @@ class Manifest:
         return [e for _, e in found], total
 
 
-def _check_entry(root: str, entry: ManifestEntry) -> tuple[int, IntegrityError | None]:
+def _optional_path(path: str | os.PathLike[str] | None) -> str | None:
+    return None if path is None else os.fspath(path)
+
+
+def _check_entry(
+    root: str, entry: ManifestEntry, symlink_root: str | None
+) -> tuple[int, IntegrityError | None]:
     try:
         # verify_entry is looked up at call time so tests can observe the worker threads.
-        return verify_entry(root, entry.path, sha256=entry.sha256, size=entry.size), None
+        size = verify_entry(
+            root, entry.path, sha256=entry.sha256, size=entry.size, symlink_root=symlink_root
+        )
+        return size, None
     except IntegrityError as e:
         return 0, e
 
