@@ -24,6 +24,8 @@ from .exceptions import (
     ManifestError,
     ModelLoadError,
     ModelUnavailableError,
+    OverloadedError,
+    PredictionTimeoutError,
     SizeMismatchError,
 )
 
@@ -43,6 +45,8 @@ __all__ = [
     "ModelGuard",
     "ModelLoadError",
     "ModelUnavailableError",
+    "OverloadedError",
+    "PredictionTimeoutError",
     "Reason",
     "SizeMismatchError",
     "__version__",

@@ -31,7 +31,9 @@ class Reason(enum.StrEnum):
     TIMEOUT = "timeout"
     LOAD_ERROR = "load_error"
     UNSAFE_FORMAT = "unsafe_format"
+    WARMUP_FAILED = "warmup_failed"
     INVALID_INPUT = "invalid_input"
+    OVERLOADED = "overloaded"
     BREAKER_OPEN = "breaker_open"
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
@@ -53,7 +55,12 @@ INTEGRITY_REASONS: tuple[Reason, ...] = (
 #: Every reason a model can be refused for: integrity, plus verified bytes that the
 #: loader rejects or whose format is refused. ``model_integrity_failures_total`` is
 #: labelled with these, so one counter alerts on "a model could not be served".
-REFUSAL_REASONS: tuple[Reason, ...] = (*INTEGRITY_REASONS, Reason.LOAD_ERROR, Reason.UNSAFE_FORMAT)
+REFUSAL_REASONS: tuple[Reason, ...] = (
+    *INTEGRITY_REASONS,
+    Reason.LOAD_ERROR,
+    Reason.UNSAFE_FORMAT,
+    Reason.WARMUP_FAILED,
+)
 
 #: Refusals caused by the path to the bytes (disk, store, network), not by the bytes:
 #: they may pass on the next attempt, so callers are told to retry soon.

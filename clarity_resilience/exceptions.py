@@ -10,8 +10,10 @@ denied" in one clause::
     │   └── ManifestError
     ├── ModelLoadError            verified bytes that the loader rejects; refused unsafe format
     ├── InvalidInputError         the caller's input is bad (-> 422); ignored by breakers
+    ├── PredictionTimeoutError    a prediction ran past its deadline (a model failure)
     └── ModelUnavailableError     nothing verified is serving (carries retry_after)
-        └── CircuitOpenError      the breaker rejected the call (carries retry_after)
+        ├── CircuitOpenError      the breaker rejected the call (carries retry_after)
+        └── OverloadedError       shed: concurrency limit and queue full (not a failure)
 
 Each exception carries a :class:`~clarity_resilience.Reason` in ``reason``: the same
 closed set of codes used by metrics labels and audit events. Messages may name paths
@@ -33,6 +35,8 @@ __all__ = [
     "ManifestError",
     "ModelLoadError",
     "ModelUnavailableError",
+    "OverloadedError",
+    "PredictionTimeoutError",
     "SizeMismatchError",
 ]
 
@@ -163,3 +167,32 @@ class CircuitOpenError(ModelUnavailableError):
 
     def __str__(self) -> str:
         return f"circuit breaker {self.breaker!r} is open; retry in {self.retry_after:.1f}s"
+
+
+class OverloadedError(ModelUnavailableError):
+    """The call was shed: every slot is busy and the queue is full (or the wait timed out).
+
+    Shedding protects a healthy model from a traffic spike: it is not a model failure,
+    so breakers never count it. HTTP adapters answer 503 with a short ``Retry-After``.
+    """
+
+    reason = Reason.OVERLOADED
+
+
+class PredictionTimeoutError(ClarityResilienceError):
+    """A prediction did not finish within its deadline.
+
+    A hung model is a failing model: breakers count this like any failure. The work
+    itself may still be running in its thread (threads cannot be killed).
+
+    Attributes:
+        timeout: The deadline that was exceeded, in seconds.
+        retry_after: Seconds after which a retry may succeed (a short hint).
+    """
+
+    reason = Reason.TIMEOUT
+
+    def __init__(self, message: str, *, timeout: float, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.timeout = float(timeout)
+        self.retry_after = max(0.0, float(retry_after))
