@@ -5,14 +5,14 @@ are hashed as published (never decoded: ``Content-Encoding`` is not undone) whil
 stream into a temporary file in the cache directory; only a download whose digest and
 size match is renamed (atomically) to its final name, which is derived from the digest.
 A failed or killed download never leaves a file that looks complete, and a stale file
-can never be taken for another version. Loading still goes
-through :func:`~clarity_resilience.read_verified`, which verifies the bytes it loads.
+can never be taken for another version. Loading still goes through
+:func:`~clarity_resilience.read_verified`, which verifies the bytes it loads.
 
 Every attempt has an overall ``deadline`` besides the socket ``timeout``, so a server
 that trickles bytes cannot keep a load busy for long. Transient failures (connect
 errors, timeouts, a missed deadline, broken or truncated responses, HTTP 5xx and 429)
-are retried with stamina (exponential backoff plus jitter, bounded attempts);
-nothing else is. Requires the ``http`` extra (``httpx`` and ``stamina``), imported only
+are retried with stamina (exponential backoff plus jitter, bounded attempts); nothing
+else is. Requires the ``http`` extra (``httpx`` and ``stamina``), imported only
 when a source is created.
 """
 
@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
-import email.utils
 import functools
 import hashlib
 import hmac
@@ -35,11 +33,19 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from ._atomic import DEFAULT_MODE, atomic_writer
+from ._http import (
+    DeadlineError,
+    StatusError,
+    check_number,
+    is_transient,
+    parse_retry_after,
+    redact,
+    require_extra,
+)
 from ._integrity import UNNAMED, normalize_sha256, verify_file
 from ._reasons import Reason
 from .exceptions import (
     ChecksumMismatchError,
-    ClarityResilienceError,
     IntegrityError,
     SizeMismatchError,
 )
@@ -55,85 +61,6 @@ __all__ = ["HttpSource"]
 DEFAULT_DEADLINE = 300.0
 # The clock of attempt deadlines (monotonic: a wall-clock jump must not end or extend one).
 _clock = time.monotonic
-
-
-class _MissingExtraError(ClarityResilienceError, ImportError):
-    """The ``http`` extra is not installed (both a library error and an ImportError)."""
-
-
-class _StatusError(Exception):
-    """A non-2xx response, raised inside an attempt so the retry policy can judge it."""
-
-    def __init__(self, status: int, retry_after: float | None) -> None:
-        super().__init__(f"HTTP {status}")
-        self.status = status
-        self.retry_after = retry_after
-
-
-class _DeadlineError(Exception):
-    """An attempt ran past its overall deadline (raised inside it, retried as transient)."""
-
-
-def _require_extra() -> None:
-    try:
-        import httpx  # noqa: F401
-        import stamina  # noqa: F401
-    except ImportError as e:
-        raise _MissingExtraError(
-            f"HttpSource needs {e.name or 'httpx and stamina'}: "
-            "pip install 'clarity-resilience[http]'"
-        ) from e
-
-
-def _redact(url: str) -> str:
-    """Return ``url`` without credentials, query or fragment (presigned URLs carry secrets)."""
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
-    host = f"[{host}]" if ":" in host else host
-    netloc = host if parts.port is None else f"{host}:{parts.port}"
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
-def _parse_retry_after(value: str | None, cap: float) -> float | None:
-    """Return a ``Retry-After`` header (seconds or HTTP date) in seconds, clamped to ``cap``."""
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            return None
-        seconds = (when - dt.datetime.now(dt.UTC)).total_seconds()
-    if not math.isfinite(seconds):
-        return None
-    return min(max(seconds, 0.0), cap)
-
-
-def _is_transient(exc: Exception) -> bool | float:
-    """Decide whether stamina retries ``exc``; a float is a server-given backoff."""
-    import httpx
-
-    if isinstance(exc, _StatusError):
-        if exc.status == 429 or 500 <= exc.status <= 599:
-            return True if exc.retry_after is None else exc.retry_after
-        return False
-    if isinstance(exc, _DeadlineError):
-        return True  # a slow path may be faster next time, like a read timeout
-    return isinstance(exc, httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError)
-
-
-def _check_number(name: str, value: object, *, integer: bool = False, least: float = 0) -> None:
-    """Raise ``ValueError`` unless ``value`` is None or a number (an int) ``>= least``."""
-    if value is None:
-        return
-    kind = int if integer else int | float
-    if isinstance(value, bool) or not isinstance(value, kind) or not value >= least:
-        what = "an int" if integer else "a number"
-        raise ValueError(f"{name} must be {what} >= {least}, got {value!r}")
 
 
 class HttpSource:
@@ -188,13 +115,13 @@ class HttpSource:
     ) -> None:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"url must be an http:// or https:// URL, got {_redact(url)!r}")
+            raise ValueError(f"url must be an http:// or https:// URL, got {redact(url)!r}")
         for arg, count in (("size", size), ("max_size", max_size), ("attempts", attempts)):
-            _check_number(arg, count, integer=True, least=1 if arg == "attempts" else 0)
+            check_number(arg, count, integer=True, least=1 if arg == "attempts" else 0)
         for arg, seconds in (("wait_initial", wait_initial), ("wait_max", wait_max),
                              ("wait_jitter", wait_jitter), ("timeout", timeout),
                              ("deadline", deadline)):  # fmt: skip
-            _check_number(arg, seconds, least=1e-3 if arg in ("timeout", "deadline") else 0)
+            check_number(arg, seconds, least=1e-3 if arg in ("timeout", "deadline") else 0)
         given: object = deadline  # typed float, but callers may pass None or inf
         if not isinstance(given, int | float) or not math.isfinite(given):
             raise ValueError(f"deadline must be a finite number >= 0.001, got {deadline!r}")
@@ -205,13 +132,13 @@ class HttpSource:
             or "\0" in filename or (os.altsep is not None and os.altsep in filename)
         ):  # fmt: skip
             raise ValueError(f"filename must be a plain file name, got {filename!r}")
-        _require_extra()
+        require_extra()
         import httpx
 
         try:
             httpx.URL(url)
         except httpx.InvalidURL as e:
-            raise ValueError(f"invalid url {_redact(url)!r}: {e}") from e
+            raise ValueError(f"invalid url {redact(url)!r}: {e}") from e
 
         self.url = url
         self.sha256 = normalize_sha256(sha256)
@@ -219,7 +146,7 @@ class HttpSource:
         self.max_size = max_size
         self.cache_dir = pathlib.Path(cache_dir)
         self.model = model
-        self.display_url = _redact(url)
+        self.display_url = redact(url)
         self.attempts = attempts
         self.deadline = float(deadline)
         # No single socket wait may outlast the deadline it is part of.
@@ -390,7 +317,7 @@ class HttpSource:
             # timeout=None: ``attempts`` alone bounds the retries (each bounded by
             # ``deadline``); stamina's default 45 s budget would cut a slow download short.
             for attempt in stamina.retry_context(
-                on=_is_transient,
+                on=is_transient,
                 attempts=self.attempts,
                 timeout=None,
                 wait_initial=wait_initial,
@@ -400,7 +327,7 @@ class HttpSource:
                 with attempt, self._client_for_download() as client:
                     attempt_num = attempt.num
                     return self._download_once(client)
-        except _StatusError as e:
+        except StatusError as e:
             raise IntegrityError(
                 f"fetching {self.display_url} failed: HTTP {e.status} "
                 f"(after {attempt_num} attempt(s))",
@@ -408,7 +335,7 @@ class HttpSource:
                 actual=e.status,
                 reason=Reason.FETCH_ERROR,
             ) from e
-        except _DeadlineError as e:
+        except DeadlineError as e:
             raise IntegrityError(
                 f"fetching {self.display_url} timed out: not complete within the "
                 f"{self.deadline:g} s deadline (after {attempt_num} attempt(s))",
@@ -447,10 +374,10 @@ class HttpSource:
             client.stream("GET", self.url, headers=headers, timeout=self._timeout) as response,
         ):
             if not 200 <= response.status_code <= 299:
-                retry_after = _parse_retry_after(
+                retry_after = parse_retry_after(
                     response.headers.get("Retry-After"), self._waits[1]
                 )
-                raise _StatusError(response.status_code, retry_after)
+                raise StatusError(response.status_code, retry_after)
             self._check_deadline(deadline_at)
             announced = response.headers.get("Content-Length", "")
             if announced.isdigit():
@@ -477,9 +404,9 @@ class HttpSource:
         return total
 
     def _check_deadline(self, deadline_at: float) -> None:
-        """Raise :class:`_DeadlineError` once the attempt's deadline has passed."""
+        """Raise :class:`DeadlineError` once the attempt's deadline has passed."""
         if _clock() > deadline_at:
-            raise _DeadlineError(f"attempt not complete within {self.deadline:g} s")
+            raise DeadlineError(f"attempt not complete within {self.deadline:g} s")
 
     def _check_size(self, count: int, what: str, *, final: bool) -> None:
         """Refuse ``count`` bytes over the cap, or (``final``) other than ``size``."""
