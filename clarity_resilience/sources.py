@@ -234,21 +234,19 @@ class HttpSource:
     def _cached(self, start: float, report: _Report) -> int | None:
         """Return the size of a verified cached copy, or None; audit and drop a bad one.
 
+        Any failure but "missing" (a bad digest or size, a symlink, FIFO or directory, an
+        unreadable file) drops the copy, so a download can replace it.
+
         Raises:
-            IntegrityError: ``io_error`` when the cache cannot be read at all (a download
-                could not be stored either), or a bad copy that cannot be removed.
+            IntegrityError: A bad copy that cannot be removed, with the copy's own
+                reason (``io_error`` for a cache that cannot be read, e.g. ``cache_dir``
+                is a file): no download could be stored in its place.
         """
         try:
             return verify_file(self.path, sha256=self.sha256, size=self.size)
         except IntegrityError as e:
             if e.reason is Reason.MISSING:
                 return None
-            if e.reason is Reason.IO_ERROR:
-                raise IntegrityError(
-                    f"the cache {self.cache_dir} cannot be used: {e}",
-                    path=str(self.path),
-                    reason=Reason.IO_ERROR,
-                ) from e
             bad = e
         try:
             self.path.unlink()
@@ -257,7 +255,7 @@ class HttpSource:
         except OSError as e:
             # Never served, never replaced: the fetch fails for the copy's own reason.
             raise type(bad)(
-                f"{bad}; it cannot be removed: {e.strerror or e}",
+                f"{bad}; the cached copy cannot be removed: {e.strerror or e}",
                 path=str(self.path),
                 expected=bad.expected,
                 actual=bad.actual,

@@ -851,7 +851,8 @@ class TestCacheFailures:
             source.fetch()
         assert info.value.reason is Reason.IO_ERROR
         assert info.value.path == str(source.path)
-        assert isinstance(info.value.__cause__, IntegrityError)
+        assert "cannot be removed" in str(info.value)
+        assert isinstance(info.value.__cause__, NotADirectoryError)
         assert server.requests() == 0
         assert blocker.read_bytes() == b"not a directory"
         assert audited(events) == [(str(source.path), Reason.IO_ERROR)]
@@ -919,7 +920,7 @@ class TestCacheFailures:
             source.fetch()
         assert info.value.reason is Reason.UNSAFE_PATH
         assert "cannot be removed" in str(info.value)
-        assert isinstance(info.value.__cause__, OSError)
+        assert isinstance(info.value.__cause__, IsADirectoryError)
         assert (cache / SHA).is_dir()
         assert server.requests() == 0
         assert audited(events) == [(str(source.path), Reason.UNSAFE_PATH)]
