@@ -879,6 +879,27 @@ class TestCacheFailures:
         assert audited(events) == [(str(source.path), Reason.IO_ERROR)]
         assert failures(registry) == {Reason.IO_ERROR: 1.0}
 
+    @pytest.mark.skipif(
+        not hasattr(os, "geteuid") or os.geteuid() == 0,
+        reason="permission bits do not stop root (the disk-full test covers the same path)",
+    )
+    def test_read_only_cache_dir_is_io_error_before_any_request(
+        self, server: ArtifactServer, cache: pathlib.Path, registry: CollectorRegistry
+    ) -> None:
+        """A cache_dir the process cannot write fails with io_error and sends no request."""
+        cache.mkdir()
+        cache.chmod(0o500)
+        try:
+            source = make_source(server, cache, model="m", registry=registry)
+            with source, pytest.raises(IntegrityError) as info:
+                source.fetch()
+        finally:
+            cache.chmod(0o700)
+        assert info.value.reason is Reason.IO_ERROR
+        assert isinstance(info.value.__cause__, PermissionError)
+        assert server.requests() == 0
+        assert failures(registry) == {Reason.IO_ERROR: 1.0}
+
     def test_network_failure_is_fetch_error_not_io_error(
         self,
         server: ArtifactServer,
