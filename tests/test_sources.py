@@ -783,6 +783,22 @@ class TestContentEncoding:
             path = source.fetch()
         assert path.stat().st_size == len(raw) < 100_000
 
+    def test_cap_counts_raw_bytes_and_refuses_before_the_body(
+        self, server: ArtifactServer, cache: pathlib.Path, bomb: tuple[str, bytes, bytes]
+    ) -> None:
+        """An encoded body's Content-Length over the cap is refused before any body byte."""
+        name, raw, _ = bomb
+        # Headers, then a stalled body: awaiting the body would end in a read timeout.
+        server.control(mode="stall", delay=30, content_encoding="gzip")
+        source = make_source(
+            server, cache, url=server.url(name), sha256=hashlib.sha256(raw).hexdigest(),
+            max_size=len(raw) - 1, timeout=5.0,
+        )  # fmt: skip
+        with source, pytest.raises(SizeMismatchError) as info:
+            source.fetch()
+        assert (info.value.expected, info.value.actual) == (len(raw) - 1, len(raw))
+        assert cache_entries(cache) == []
+
     def test_digest_of_the_decoded_content_is_refused(
         self,
         server: ArtifactServer,
