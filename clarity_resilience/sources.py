@@ -1,15 +1,18 @@
 """Remote artifact sources: fetch a model over HTTP into a verified local cache.
 
 :class:`HttpSource` downloads one artifact whose SHA-256 is known in advance. The bytes
-are hashed while they stream into a temporary file in the cache directory; only a
-download whose digest and size match is renamed (atomically) to its final name, which
-is derived from the digest. A failed or killed download never leaves a file that looks
-complete, and a stale file can never be taken for another version. Loading still goes
-through :func:`~clarity_resilience.read_verified`, which verifies the bytes it loads.
+are hashed as published (never decoded: ``Content-Encoding`` is not undone) while they
+stream into a temporary file in the cache directory; only a download whose digest and
+size match is renamed (atomically) to its final name, which is derived from the digest.
+A failed or killed download never leaves a file that looks complete, and a stale file
+can never be taken for another version. Loading still goes through
+:func:`~clarity_resilience.read_verified`, which verifies the bytes it loads.
 
-Transient failures (connect errors, timeouts, broken or truncated responses, HTTP 5xx
-and 429) are retried with stamina (exponential backoff plus jitter, bounded attempts);
-nothing else is. Requires the ``http`` extra (``httpx`` and ``stamina``), imported only
+Every attempt has an overall ``deadline`` besides the socket ``timeout``, so a server
+that trickles bytes cannot keep a load busy for long. Transient failures (connect
+errors, timeouts, a missed deadline, broken or truncated responses, HTTP 5xx and 429)
+are retried with stamina (exponential backoff plus jitter, bounded attempts); nothing
+else is. Requires the ``http`` extra (``httpx`` and ``stamina``), imported only
 when a source is created.
 """
 
@@ -17,26 +20,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
-import email.utils
 import functools
 import hashlib
 import hmac
 import math
 import os
 import pathlib
-import secrets
 import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from ._atomic import DEFAULT_MODE, atomic_writer
+from ._http import (
+    DeadlineError,
+    StatusError,
+    check_number,
+    is_transient,
+    parse_retry_after,
+    redact,
+    require_extra,
+)
 from ._integrity import UNNAMED, normalize_sha256, verify_file
 from ._reasons import Reason
 from .exceptions import (
     ChecksumMismatchError,
-    ClarityResilienceError,
     IntegrityError,
     SizeMismatchError,
 )
@@ -48,81 +57,10 @@ if TYPE_CHECKING:
 
 __all__ = ["HttpSource"]
 
-# O_EXCL: a unique temporary file that no other process (or symlink) already holds.
-_TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-
-
-class _MissingExtraError(ClarityResilienceError, ImportError):
-    """The ``http`` extra is not installed (both a library error and an ImportError)."""
-
-
-class _StatusError(Exception):
-    """A non-2xx response, raised inside an attempt so the retry policy can judge it."""
-
-    def __init__(self, status: int, retry_after: float | None) -> None:
-        super().__init__(f"HTTP {status}")
-        self.status = status
-        self.retry_after = retry_after
-
-
-def _require_extra() -> None:
-    try:
-        import httpx  # noqa: F401
-        import stamina  # noqa: F401
-    except ImportError as e:
-        raise _MissingExtraError(
-            f"HttpSource needs {e.name or 'httpx and stamina'}: "
-            "pip install 'clarity-resilience[http]'"
-        ) from e
-
-
-def _redact(url: str) -> str:
-    """Return ``url`` without credentials, query or fragment (presigned URLs carry secrets)."""
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
-    host = f"[{host}]" if ":" in host else host
-    netloc = host if parts.port is None else f"{host}:{parts.port}"
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
-def _parse_retry_after(value: str | None, cap: float) -> float | None:
-    """Return a ``Retry-After`` header (seconds or HTTP date) in seconds, clamped to ``cap``."""
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            return None
-        seconds = (when - dt.datetime.now(dt.UTC)).total_seconds()
-    if not math.isfinite(seconds):
-        return None
-    return min(max(seconds, 0.0), cap)
-
-
-def _is_transient(exc: Exception) -> bool | float:
-    """Decide whether stamina retries ``exc``; a float is a server-given backoff."""
-    import httpx
-
-    if isinstance(exc, _StatusError):
-        if exc.status == 429 or 500 <= exc.status <= 599:
-            return True if exc.retry_after is None else exc.retry_after
-        return False
-    return isinstance(exc, httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError)
-
-
-def _check_number(name: str, value: object, *, integer: bool = False, least: float = 0) -> None:
-    """Raise ``ValueError`` unless ``value`` is None or a number (an int) ``>= least``."""
-    if value is None:
-        return
-    kind = int if integer else int | float
-    if isinstance(value, bool) or not isinstance(value, kind) or not value >= least:
-        what = "an int" if integer else "a number"
-        raise ValueError(f"{name} must be {what} >= {least}, got {value!r}")
+#: Default overall deadline of one download attempt, in seconds.
+DEFAULT_DEADLINE = 300.0
+# The clock of attempt deadlines (monotonic: a wall-clock jump must not end or extend one).
+_clock = time.monotonic
 
 
 class HttpSource:
@@ -136,6 +74,9 @@ class HttpSource:
             downloads are written there too, so the final rename is atomic.
         max_size: Cap on the download when ``size`` is unknown (``None``: no cap).
         timeout: Seconds allowed to connect and for each read (or write) on the socket.
+        deadline: Seconds one attempt may take in all (request, headers and the whole
+            body), checked as bytes arrive: a server that trickles bytes fails with
+            reason ``timeout`` at most ``min(timeout, deadline)`` later.
         attempts: Total attempts for transient failures (1 disables retries).
         wait_initial: Backoff before the first retry, in seconds (doubles each retry).
         wait_max: Longest backoff between attempts, also for a server's ``Retry-After``.
@@ -162,6 +103,7 @@ class HttpSource:
         cache_dir: str | os.PathLike[str],
         max_size: int | None = None,
         timeout: float = 5.0,
+        deadline: float = DEFAULT_DEADLINE,
         attempts: int = 3,
         wait_initial: float = 0.1,
         wait_max: float = 5.0,
@@ -173,12 +115,16 @@ class HttpSource:
     ) -> None:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"url must be an http:// or https:// URL, got {_redact(url)!r}")
+            raise ValueError(f"url must be an http:// or https:// URL, got {redact(url)!r}")
         for arg, count in (("size", size), ("max_size", max_size), ("attempts", attempts)):
-            _check_number(arg, count, integer=True, least=1 if arg == "attempts" else 0)
+            check_number(arg, count, integer=True, least=1 if arg == "attempts" else 0)
         for arg, seconds in (("wait_initial", wait_initial), ("wait_max", wait_max),
-                             ("wait_jitter", wait_jitter), ("timeout", timeout)):  # fmt: skip
-            _check_number(arg, seconds, least=1e-3 if arg == "timeout" else 0)
+                             ("wait_jitter", wait_jitter), ("timeout", timeout),
+                             ("deadline", deadline)):  # fmt: skip
+            check_number(arg, seconds, least=1e-3 if arg in ("timeout", "deadline") else 0)
+        given: object = deadline  # typed float, but callers may pass None or inf
+        if not isinstance(given, int | float) or not math.isfinite(given):
+            raise ValueError(f"deadline must be a finite number >= 0.001, got {deadline!r}")
         if size is not None and max_size is not None and size > max_size:
             raise ValueError(f"size {size} exceeds max_size {max_size}")
         if filename is not None and (
@@ -186,13 +132,13 @@ class HttpSource:
             or "\0" in filename or (os.altsep is not None and os.altsep in filename)
         ):  # fmt: skip
             raise ValueError(f"filename must be a plain file name, got {filename!r}")
-        _require_extra()
+        require_extra()
         import httpx
 
         try:
             httpx.URL(url)
         except httpx.InvalidURL as e:
-            raise ValueError(f"invalid url {_redact(url)!r}: {e}") from e
+            raise ValueError(f"invalid url {redact(url)!r}: {e}") from e
 
         self.url = url
         self.sha256 = normalize_sha256(sha256)
@@ -200,9 +146,11 @@ class HttpSource:
         self.max_size = max_size
         self.cache_dir = pathlib.Path(cache_dir)
         self.model = model
-        self.display_url = _redact(url)
+        self.display_url = redact(url)
         self.attempts = attempts
-        self._timeout = httpx.Timeout(timeout)
+        self.deadline = float(deadline)
+        # No single socket wait may outlast the deadline it is part of.
+        self._timeout = httpx.Timeout(min(float(timeout), self.deadline))
         self._waits = (float(wait_initial), float(wait_max), float(wait_jitter))
         self._emitter = Emitter(registry)
         self._client = client
@@ -247,23 +195,26 @@ class HttpSource:
         Raises:
             ChecksumMismatchError: The downloaded bytes have another digest.
             SizeMismatchError: The artifact is larger than the cap, or not ``size`` bytes.
-            IntegrityError: ``reason`` ``timeout`` (timed out on every attempt),
-                ``fetch_error`` (HTTP error status or transport failure, after retries for
-                transient ones) or ``io_error`` (the cache cannot be written).
+            IntegrityError: ``reason`` ``timeout`` (a socket timeout or the ``deadline``
+                on every attempt), ``fetch_error`` (HTTP error status or transport
+                failure, after retries for transient ones), ``io_error`` (the cache cannot
+                be read or written: a local disk problem, never retried), or the reason
+                of a bad cached copy that cannot be removed.
             RuntimeError: The source was closed and the artifact is not cached.
         """
         report = _Report(self.model, self._emitter) if model is None else (
             _Report(model, Emitter(registry))
         )  # fmt: skip
         start = time.perf_counter()
-        cached_size = self._cached(start, report)
-        if cached_size is not None:
-            report.passed(str(self.path), cached_size, start)
-            return self.path
         try:
+            cached_size = self._cached(start, report)
+            if cached_size is not None:
+                report.passed(str(self.path), cached_size, start)
+                return self.path
             size = self._download()
         except IntegrityError as e:
-            report.failed(self.display_url, e, start)
+            # ``path`` says where it failed: the URL, or the cache file for a local failure.
+            report.failed(e.path if e.path is not None else self.display_url, e, start)
             raise
         report.passed(self.display_url, size, start)
         return self.path
@@ -281,25 +232,58 @@ class HttpSource:
         )
 
     def _cached(self, start: float, report: _Report) -> int | None:
-        """Return the size of a verified cached copy, or None; audit and drop a bad one."""
+        """Return the size of a verified cached copy, or None; audit and drop a bad one.
+
+        Any failure but "missing" (a bad digest or size, a symlink, FIFO or directory, an
+        unreadable file) drops the copy, so a download can replace it.
+
+        Raises:
+            IntegrityError: A bad copy that cannot be removed, with the copy's own
+                reason (``io_error`` for a cache that cannot be read, e.g. ``cache_dir``
+                is a file): no download could be stored in its place.
+        """
         try:
             return verify_file(self.path, sha256=self.sha256, size=self.size)
         except IntegrityError as e:
             if e.reason is Reason.MISSING:
                 return None
-            # Corruption or tampering in the cache is worth an alert even though a fresh
-            # download may still succeed.
-            report.failed(str(self.path), e, start)
-            self.evict()
-            return None
+            bad = e
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            # Never served, never replaced: the fetch fails for the copy's own reason.
+            raise type(bad)(
+                f"{bad}; the cached copy cannot be removed: {e.strerror or e}",
+                path=str(self.path),
+                expected=bad.expected,
+                actual=bad.actual,
+                reason=bad.reason,
+            ) from e
+        # Corruption or tampering in the cache is worth an alert even though a fresh
+        # download may still succeed.
+        report.failed(str(self.path), bad, start)
+        return None
 
     def evict(self) -> None:
         """Remove the cached copy (if any), so the next :meth:`fetch` downloads afresh.
 
         For a caller that found the cached copy bad itself (and has audited that).
+
+        Raises:
+            IntegrityError: ``io_error``: the copy exists but cannot be removed.
         """
-        with contextlib.suppress(FileNotFoundError):
+        try:
             self.path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise IntegrityError(
+                f"cannot remove the cached copy {self.path}: {e.strerror or e}",
+                path=str(self.path),
+                reason=Reason.IO_ERROR,
+            ) from e
 
     @contextlib.contextmanager
     def _client_for_download(self) -> Iterator[httpx.Client]:
@@ -328,10 +312,10 @@ class HttpSource:
         attempt_num = 0
         try:
             wait_initial, wait_max, wait_jitter = self._waits
-            # timeout=None: ``attempts`` alone bounds the retries; stamina's default 45 s
-            # budget would silently cut a slow download's attempts short.
+            # timeout=None: ``attempts`` alone bounds the retries (each bounded by
+            # ``deadline``); stamina's default 45 s budget would cut a slow download short.
             for attempt in stamina.retry_context(
-                on=_is_transient,
+                on=is_transient,
                 attempts=self.attempts,
                 timeout=None,
                 wait_initial=wait_initial,
@@ -341,13 +325,21 @@ class HttpSource:
                 with attempt, self._client_for_download() as client:
                     attempt_num = attempt.num
                     return self._download_once(client)
-        except _StatusError as e:
+        except StatusError as e:
             raise IntegrityError(
                 f"fetching {self.display_url} failed: HTTP {e.status} "
                 f"(after {attempt_num} attempt(s))",
                 path=self.display_url,
                 actual=e.status,
                 reason=Reason.FETCH_ERROR,
+            ) from e
+        except DeadlineError as e:
+            raise IntegrityError(
+                f"fetching {self.display_url} timed out: not complete within the "
+                f"{self.deadline:g} s deadline (after {attempt_num} attempt(s))",
+                path=self.display_url,
+                expected=self.deadline,
+                reason=Reason.TIMEOUT,
             ) from e
         except httpx.HTTPError as e:
             timed_out = isinstance(e, httpx.TimeoutException)
@@ -358,58 +350,61 @@ class HttpSource:
                 reason=Reason.TIMEOUT if timed_out else Reason.FETCH_ERROR,
             ) from e
         except OSError as e:
+            # httpx wraps every network error: an OSError here is the local disk's.
             raise IntegrityError(
-                f"cannot write {self.display_url} into {self.cache_dir}: {e}",
-                path=self.display_url,
+                f"cannot write {self.path.name} into the cache {self.cache_dir}: "
+                f"{e.strerror or e}",
+                path=str(self.path),
                 reason=Reason.IO_ERROR,
             ) from e
         raise AssertionError("unreachable: stamina re-raises the last failure")
 
     def _download_once(self, client: httpx.Client) -> int:
         """Make one attempt: stream into a temp file, verify, then rename into place."""
-        # identity: the digest is of the stored bytes, and Content-Length then counts them.
+        deadline_at = _clock() + self.deadline
+        # The cache is prepared before any request: a local problem costs no traffic.
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        # identity: the digest is of the bytes as published, and Content-Length counts
+        # them. A server may encode anyway: the raw body is what is hashed and stored.
         headers = {"Accept-Encoding": "identity"}
-        with client.stream("GET", self.url, headers=headers, timeout=self._timeout) as response:
+        with (
+            atomic_writer(self.path, mode=DEFAULT_MODE, suffix=".part") as f,
+            client.stream("GET", self.url, headers=headers, timeout=self._timeout) as response,
+        ):
             if not 200 <= response.status_code <= 299:
-                retry_after = _parse_retry_after(
+                retry_after = parse_retry_after(
                     response.headers.get("Retry-After"), self._waits[1]
                 )
-                raise _StatusError(response.status_code, retry_after)
+                raise StatusError(response.status_code, retry_after)
+            self._check_deadline(deadline_at)
             announced = response.headers.get("Content-Length", "")
-            # With a Content-Encoding the header counts encoded bytes, not the artifact's.
-            if announced.isdigit() and response.headers.get("Content-Encoding") in (
-                None, "identity"
-            ):  # fmt: skip
+            if announced.isdigit():
                 self._check_size(int(announced), "announces", final=True)
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.cache_dir / f".{self.path.name}.{secrets.token_hex(8)}.part"
-            try:
-                with open(os.open(tmp, _TMP_FLAGS, 0o644), "wb") as f:
-                    hasher = hashlib.sha256()
-                    total = 0
-                    for chunk in response.iter_bytes():
-                        total += len(chunk)
-                        self._check_size(total, "sent at least", final=False)
-                        hasher.update(chunk)
-                        f.write(chunk)
-                    f.flush()
-                    os.fsync(f.fileno())
-                self._check_size(total, "sent", final=True)
-                actual = hasher.hexdigest()
-                if not hmac.compare_digest(actual, self.sha256):
-                    raise ChecksumMismatchError(
-                        f"{self.display_url} has SHA-256 {actual}, expected {self.sha256}",
-                        path=self.display_url,
-                        expected=self.sha256,
-                        actual=actual,
-                    )
-                os.replace(tmp, self.path)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-                raise
-        _fsync_dir(self.cache_dir)
+            hasher = hashlib.sha256()
+            total = 0
+            # iter_raw, never iter_bytes: no Content-Encoding is undone, so nothing is
+            # hashed but the published bytes and no decompression bomb can expand.
+            for chunk in response.iter_raw():
+                total += len(chunk)
+                self._check_size(total, "sent at least", final=False)
+                self._check_deadline(deadline_at)
+                hasher.update(chunk)
+                f.write(chunk)
+            self._check_size(total, "sent", final=True)
+            actual = hasher.hexdigest()
+            if not hmac.compare_digest(actual, self.sha256):
+                raise ChecksumMismatchError(
+                    f"{self.display_url} has SHA-256 {actual}, expected {self.sha256}",
+                    path=self.display_url,
+                    expected=self.sha256,
+                    actual=actual,
+                )
         return total
+
+    def _check_deadline(self, deadline_at: float) -> None:
+        """Raise :class:`DeadlineError` once the attempt's deadline has passed."""
+        if _clock() > deadline_at:
+            raise DeadlineError(f"attempt not complete within {self.deadline:g} s")
 
     def _check_size(self, count: int, what: str, *, final: bool) -> None:
         """Refuse ``count`` bytes over the cap, or (``final``) other than ``size``."""
@@ -455,14 +450,3 @@ class _Report:
                 duration=time.perf_counter() - start,
             )
         )
-
-
-def _fsync_dir(directory: pathlib.Path) -> None:
-    """Make the rename durable: fsync the directory entry (a no-op where unsupported)."""
-    if os.name == "nt":
-        return  # directories cannot be opened on Windows; NTFS journals the rename
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

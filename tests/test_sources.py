@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import email.utils
+import errno
+import gzip
 import hashlib
 import os
 import pathlib
 import random
+import resource
+import signal
 import socket
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -577,3 +582,430 @@ class TestClientOwnership:
                 source.fetch()
             assert not client.is_closed
             assert [str(r.url) for r in seen] == [server.url()]
+
+
+def near_miss(digest: str, position: int) -> str:
+    """Return ``digest`` with only the hex digit at ``position`` changed."""
+    changed = "0" if digest[position] != "0" else "1"
+    return digest[:position] + changed + digest[position + 1 :]
+
+
+def failures(registry: CollectorRegistry, model: str = "m") -> dict[Reason, float]:
+    """Return the non-zero ``model_integrity_failures_total`` counts by reason."""
+    counts = {
+        reason: registry.get_sample_value(
+            "model_integrity_failures_total", {"model": model, "reason": reason.value}
+        )
+        for reason in Reason
+    }
+    return {reason: value for reason, value in counts.items() if value}
+
+
+def audited(events: list[Event]) -> list[tuple[str, Reason]]:
+    return [(e.path, e.reason) for e in events if isinstance(e, IntegrityCheckFailed)]
+
+
+@pytest.mark.parametrize(
+    "position", [pytest.param(0, id="first-digit"), pytest.param(63, id="last-digit")]
+)
+class TestNearMissDigests:
+    def test_download_with_a_near_miss_digest_is_refused(
+        self,
+        server: ArtifactServer,
+        cache: pathlib.Path,
+        registry: CollectorRegistry,
+        events: list[Event],
+        position: int,
+    ) -> None:
+        """Downloaded bytes whose digest differs from the expected one in one digit are refused."""
+        expected = near_miss(SHA, position)
+        source = make_source(server, cache, sha256=expected, model="m", registry=registry)
+        with source, pytest.raises(ChecksumMismatchError) as info:
+            source.fetch()
+        assert (info.value.expected, info.value.actual) == (expected, SHA)
+        assert cache_entries(cache) == []
+        assert audited(events) == [(server.url(), Reason.CHECKSUM_MISMATCH)]
+        assert failures(registry) == {Reason.CHECKSUM_MISMATCH: 1.0}
+
+    def test_cached_copy_with_a_near_miss_digest_is_refused(
+        self,
+        server: ArtifactServer,
+        cache: pathlib.Path,
+        registry: CollectorRegistry,
+        events: list[Event],
+        position: int,
+    ) -> None:
+        """A cached copy one digit off its name's digest is audited and removed, never served."""
+        expected = near_miss(SHA, position)
+        cache.mkdir()
+        (cache / expected).write_bytes(DATA)  # right size, digest one digit off
+        server.control(mode="error404")  # isolates the cache check from the download's
+        source = make_source(
+            server, cache, sha256=expected, size=len(DATA), model="m", registry=registry
+        )
+        with source, pytest.raises(IntegrityError) as info:
+            source.fetch()
+        assert info.value.reason is Reason.FETCH_ERROR
+        assert cache_entries(cache) == []
+        assert audited(events) == [
+            (str(cache / expected), Reason.CHECKSUM_MISMATCH),
+            (server.url(), Reason.FETCH_ERROR),
+        ]
+        assert failures(registry) == {Reason.CHECKSUM_MISMATCH: 1.0, Reason.FETCH_ERROR: 1.0}
+
+
+class TestDeadline:
+    def test_trickling_server_fails_with_timeout_after_the_deadline(
+        self,
+        server: ArtifactServer,
+        cache: pathlib.Path,
+        registry: CollectorRegistry,
+        events: list[Event],
+    ) -> None:
+        """A server sending a byte at a time is cut off at the deadline on every attempt."""
+        # 256 KiB at one byte per 20 ms would take about 90 minutes.
+        server.control(mode="slow", chunk=1, delay=0.02)
+        deadline = 0.5
+        start = time.monotonic()
+        source = make_source(
+            server, cache, deadline=deadline, timeout=5.0, attempts=2, model="m", registry=registry
+        )
+        with source, pytest.raises(IntegrityError) as info:
+            source.fetch()
+        elapsed = time.monotonic() - start
+        # Bound: 2 attempts x (deadline + one socket wait); generous for a busy machine.
+        assert elapsed < 30
+        assert info.value.reason is Reason.TIMEOUT
+        assert info.value.expected == deadline
+        assert "deadline" in str(info.value)
+        assert server.requests() == 2
+        assert cache_entries(cache) == []
+        assert audited(events) == [(server.url(), Reason.TIMEOUT)]
+        assert failures(registry) == {Reason.TIMEOUT: 1.0}
+
+    def test_deadline_caps_each_socket_wait(
+        self, server: ArtifactServer, cache: pathlib.Path
+    ) -> None:
+        """A deadline shorter than ``timeout`` also ends a stalled read at the deadline."""
+        server.control(mode="stall", delay=60)
+        start = time.monotonic()
+        source = make_source(server, cache, deadline=0.3, timeout=60.0, attempts=1)
+        with source, pytest.raises(IntegrityError) as info:
+            source.fetch()
+        assert time.monotonic() - start < 30  # the 60 s read timeout never ran out
+        assert info.value.reason is Reason.TIMEOUT
+        assert isinstance(info.value.__cause__, httpx.ReadTimeout)
+
+    def test_download_within_the_deadline_succeeds(
+        self, server: ArtifactServer, cache: pathlib.Path
+    ) -> None:
+        """A slow but steady download that ends before the deadline is verified and kept."""
+        server.control(mode="slow", chunk=64 * 1024, delay=0.01)
+        with make_source(server, cache, deadline=60.0) as source:
+            assert source.fetch().read_bytes() == DATA
+        assert source.deadline == 60.0
+
+    @pytest.mark.parametrize(
+        "deadline",
+        [
+            pytest.param(0, id="zero"),
+            pytest.param(-1.0, id="negative"),
+            pytest.param(float("inf"), id="infinite"),
+            pytest.param(float("nan"), id="nan"),
+            pytest.param(None, id="none"),
+            pytest.param("60", id="string"),
+            pytest.param(True, id="bool"),
+        ],
+    )
+    def test_bad_deadline_is_refused(self, cache: pathlib.Path, deadline: object) -> None:
+        """A deadline that is not a finite positive number raises ValueError."""
+        with pytest.raises(ValueError, match="deadline"):
+            HttpSource("https://example.com/m.bin", sha256=SHA, cache_dir=cache, deadline=deadline)  # type: ignore[arg-type]
+
+    def test_default_deadline_is_a_few_minutes(self, cache: pathlib.Path) -> None:
+        """Without ``deadline`` an attempt may take five minutes, no more."""
+        assert (
+            HttpSource("https://example.com/m.bin", sha256=SHA, cache_dir=cache).deadline == 300.0
+        )
+
+
+@pytest.fixture
+def bomb(server: ArtifactServer) -> Iterator[tuple[str, bytes, bytes]]:
+    """Publish a gzip file that decodes to 32 MiB of zeros; yield (name, raw, decoded)."""
+    decoded = bytes(32 * 1024 * 1024)
+    raw = gzip.compress(decoded, mtime=0)
+    name = "bomb.bin.gz"
+    (server.root / name).write_bytes(raw)
+    yield name, raw, decoded
+    (server.root / name).unlink()
+
+
+class TestContentEncoding:
+    def test_requests_ask_for_the_identity_encoding(
+        self, server: ArtifactServer, cache: pathlib.Path
+    ) -> None:
+        """Every download sends ``Accept-Encoding: identity``."""
+        with make_source(server, cache) as source:
+            source.fetch()
+        assert server.store.stats()["accept_encoding"] == "identity"
+
+    @pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+    def test_encoded_artifact_is_hashed_and_stored_as_published(
+        self, server: ArtifactServer, cache: pathlib.Path, events: list[Event], encoding: str
+    ) -> None:
+        """A body sent with Content-Encoding is never decoded: its raw bytes are hashed, kept."""
+        decoded = bytes(32 * 1024 * 1024)
+        raw = gzip.compress(decoded, mtime=0) if encoding == "gzip" else zlib.compress(decoded)
+        name = f"published.{encoding}"
+        (server.root / name).write_bytes(raw)
+        server.control(content_encoding=encoding)
+        # The cap admits the raw body only: a decoded body would be refused for its size.
+        source = make_source(
+            server, cache, url=server.url(name), sha256=hashlib.sha256(raw).hexdigest(),
+            max_size=len(raw),
+        )  # fmt: skip
+        with source:
+            path = source.fetch()
+        assert path.read_bytes() == raw
+        passed = [e.size for e in events if isinstance(e, IntegrityCheckPassed)]
+        assert passed == [len(raw)]
+
+    def test_decompression_bomb_is_not_expanded_without_a_cap(
+        self, server: ArtifactServer, cache: pathlib.Path, bomb: tuple[str, bytes, bytes]
+    ) -> None:
+        """With no size or max_size, a gzip bomb is stored compressed, never decoded."""
+        name, raw, _ = bomb
+        server.control(content_encoding="gzip")
+        source = make_source(
+            server, cache, url=server.url(name), sha256=hashlib.sha256(raw).hexdigest()
+        )
+        with source:
+            path = source.fetch()
+        assert path.stat().st_size == len(raw) < 100_000
+
+    def test_cap_counts_raw_bytes_and_refuses_before_the_body(
+        self, server: ArtifactServer, cache: pathlib.Path, bomb: tuple[str, bytes, bytes]
+    ) -> None:
+        """An encoded body's Content-Length over the cap is refused before any body byte."""
+        name, raw, _ = bomb
+        # Headers, then a stalled body: awaiting the body would end in a read timeout.
+        server.control(mode="stall", delay=30, content_encoding="gzip")
+        source = make_source(
+            server, cache, url=server.url(name), sha256=hashlib.sha256(raw).hexdigest(),
+            max_size=len(raw) - 1, timeout=5.0,
+        )  # fmt: skip
+        with source, pytest.raises(SizeMismatchError) as info:
+            source.fetch()
+        assert (info.value.expected, info.value.actual) == (len(raw) - 1, len(raw))
+        assert cache_entries(cache) == []
+
+    def test_digest_of_the_decoded_content_is_refused(
+        self,
+        server: ArtifactServer,
+        cache: pathlib.Path,
+        registry: CollectorRegistry,
+        events: list[Event],
+        bomb: tuple[str, bytes, bytes],
+    ) -> None:
+        """Expecting the digest of the decoded bytes fails: the published bytes are the gzip."""
+        name, raw, decoded = bomb
+        server.control(content_encoding="gzip")
+        source = make_source(
+            server, cache, url=server.url(name), sha256=hashlib.sha256(decoded).hexdigest(),
+            model="m", registry=registry,
+        )  # fmt: skip
+        with source, pytest.raises(ChecksumMismatchError) as info:
+            source.fetch()
+        assert info.value.actual == hashlib.sha256(raw).hexdigest()
+        assert cache_entries(cache) == []
+        assert audited(events) == [(server.url(name), Reason.CHECKSUM_MISMATCH)]
+        assert failures(registry) == {Reason.CHECKSUM_MISMATCH: 1.0}
+
+    def test_server_that_compresses_anyway_is_refused(
+        self, server: ArtifactServer, cache: pathlib.Path
+    ) -> None:
+        """A server that gzips the artifact in transit sends other bytes than were published."""
+        server.control(mode="gzip")
+        with make_source(server, cache) as source, pytest.raises(ChecksumMismatchError) as info:
+            source.fetch()
+        assert info.value.actual != SHA
+        assert cache_entries(cache) == []
+
+
+@pytest.fixture
+def file_size_limit() -> Iterator[int]:
+    """Make writes past 64 KiB fail with EFBIG (a full disk, for this process only)."""
+    limit = 64 * 1024
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a kill
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield limit
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+
+
+class TestCacheFailures:
+    @pytest.mark.parametrize(
+        "where", [pytest.param("is-a-file", id="cache-dir-is-a-file"), "below-a-file"]
+    )
+    def test_unusable_cache_dir_is_io_error_before_any_request(
+        self,
+        server: ArtifactServer,
+        tmp_path: pathlib.Path,
+        registry: CollectorRegistry,
+        events: list[Event],
+        where: str,
+    ) -> None:
+        """A cache_dir that is (or lies below) a file fails typed, audited and counted."""
+        blocker = tmp_path / "blocker"
+        blocker.write_bytes(b"not a directory")
+        cache_dir = blocker if where == "is-a-file" else blocker / "cache"
+        source = make_source(server, cache_dir, model="m", registry=registry)
+        with source, pytest.raises(IntegrityError) as info:
+            source.fetch()
+        assert info.value.reason is Reason.IO_ERROR
+        assert info.value.path == str(source.path)
+        assert "cannot be removed" in str(info.value)
+        assert isinstance(info.value.__cause__, NotADirectoryError)
+        assert server.requests() == 0
+        assert blocker.read_bytes() == b"not a directory"
+        assert audited(events) == [(str(source.path), Reason.IO_ERROR)]
+        assert failures(registry) == {Reason.IO_ERROR: 1.0}
+
+    def test_write_failure_is_io_error_not_fetch_error(
+        self,
+        server: ArtifactServer,
+        cache: pathlib.Path,
+        registry: CollectorRegistry,
+        events: list[Event],
+        file_size_limit: int,
+    ) -> None:
+        """A disk that fills up mid-download is a local io_error, not retried, no temp left."""
+        assert len(DATA) > file_size_limit
+        source = make_source(server, cache, model="m", registry=registry)
+        with source, pytest.raises(IntegrityError) as info:
+            source.fetch()
+        assert info.value.reason is Reason.IO_ERROR
+        assert isinstance(info.value.__cause__, OSError)
+        assert info.value.__cause__.errno == errno.EFBIG
+        assert server.requests() == 1
+        assert cache_entries(cache) == []
+        assert audited(events) == [(str(source.path), Reason.IO_ERROR)]
+        assert failures(registry) == {Reason.IO_ERROR: 1.0}
+
+    @pytest.mark.skipif(
+        not hasattr(os, "geteuid") or os.geteuid() == 0,
+        reason="permission bits do not stop root (the disk-full test covers the same path)",
+    )
+    def test_read_only_cache_dir_is_io_error_before_any_request(
+        self, server: ArtifactServer, cache: pathlib.Path, registry: CollectorRegistry
+    ) -> None:
+        """A cache_dir the process cannot write fails with io_error and sends no request."""
+        cache.mkdir()
+        cache.chmod(0o500)
+        try:
+            source = make_source(server, cache, model="m", registry=registry)
+            with source, pytest.raises(IntegrityError) as info:
+                source.fetch()
+        finally:
+            cache.chmod(0o700)
+        assert info.value.reason is Reason.IO_ERROR
+        assert isinstance(info.value.__cause__, PermissionError)
+        assert server.requests() == 0
+        assert failures(registry) == {Reason.IO_ERROR: 1.0}
+
+    def test_network_failure_is_fetch_error_not_io_error(
+        self,
+        server: ArtifactServer,
+        cache: pathlib.Path,
+        registry: CollectorRegistry,
+        events: list[Event],
+    ) -> None:
+        """A connection cut mid-body is fetch_error against the URL, after the retries."""
+        server.control(mode="truncate")
+        source = make_source(server, cache, model="m", registry=registry)
+        with source, pytest.raises(IntegrityError) as info:
+            source.fetch()
+        assert info.value.reason is Reason.FETCH_ERROR
+        assert audited(events) == [(server.url(), Reason.FETCH_ERROR)]
+        assert failures(registry) == {Reason.FETCH_ERROR: 1.0}
+
+    def test_fifo_at_the_cache_path_is_audited_removed_and_replaced(
+        self, server: ArtifactServer, cache: pathlib.Path, events: list[Event]
+    ) -> None:
+        """A FIFO planted under the cache name never blocks: it is refused, removed, refetched."""
+        cache.mkdir()
+        os.mkfifo(cache / SHA)
+        with make_source(server, cache) as source:
+            path = source.fetch()
+        assert path.read_bytes() == DATA
+        assert audited(events) == [(str(path), Reason.UNSAFE_PATH)]
+
+    def test_directory_at_the_cache_path_fails_typed_without_a_request(
+        self,
+        server: ArtifactServer,
+        cache: pathlib.Path,
+        registry: CollectorRegistry,
+        events: list[Event],
+    ) -> None:
+        """A directory under the cache name cannot be removed: unsafe_path, once, no download."""
+        (cache / SHA).mkdir(parents=True)
+        source = make_source(server, cache, model="m", registry=registry)
+        with source, pytest.raises(IntegrityError) as info:
+            source.fetch()
+        assert info.value.reason is Reason.UNSAFE_PATH
+        assert "cannot be removed" in str(info.value)
+        assert isinstance(info.value.__cause__, IsADirectoryError)
+        assert (cache / SHA).is_dir()
+        assert server.requests() == 0
+        assert audited(events) == [(str(source.path), Reason.UNSAFE_PATH)]
+        assert failures(registry) == {Reason.UNSAFE_PATH: 1.0}
+
+    def test_evict_that_cannot_remove_the_copy_is_typed(
+        self, server: ArtifactServer, cache: pathlib.Path
+    ) -> None:
+        """evict() raises an io_error IntegrityError, never a bare OSError."""
+        (cache / SHA).mkdir(parents=True)
+        with make_source(server, cache) as source, pytest.raises(IntegrityError) as info:
+            source.evict()
+        assert info.value.reason is Reason.IO_ERROR
+        assert isinstance(info.value.__cause__, IsADirectoryError)
+
+    def test_interrupted_download_leaves_no_temporary_file(
+        self, server: ArtifactServer, cache: pathlib.Path
+    ) -> None:
+        """Ctrl-C in the middle of the body removes the .part file; nothing looks complete."""
+        chunks_seen = 0
+
+        class InterruptingStream(httpx.SyncByteStream):
+            def __init__(self, inner: httpx.SyncByteStream) -> None:
+                self.inner = inner
+
+            def __iter__(self) -> Iterator[bytes]:
+                nonlocal chunks_seen
+                for chunk in self.inner:
+                    chunks_seen += 1
+                    assert any(n.endswith(".part") for n in cache_entries(cache))
+                    yield chunk
+                    raise KeyboardInterrupt
+
+            def close(self) -> None:
+                self.inner.close()
+
+        class InterruptingTransport(httpx.HTTPTransport):
+            def handle_request(self, request: httpx.Request) -> httpx.Response:
+                response = super().handle_request(request)
+                assert isinstance(response.stream, httpx.SyncByteStream)
+                response.stream = InterruptingStream(response.stream)
+                return response
+
+        with (
+            httpx.Client(transport=InterruptingTransport()) as client,
+            make_source(server, cache, client=client) as source,
+            pytest.raises(KeyboardInterrupt),
+        ):
+            source.fetch()
+        assert chunks_seen == 1
+        assert cache_entries(cache) == []

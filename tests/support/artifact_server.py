@@ -25,17 +25,25 @@ Faults are switched at run time over HTTP, with a JSON body or query parameters:
   (default 0.05), so a download can be interrupted halfway.
 - ``chunked``: send the body with ``Transfer-Encoding: chunked`` (no ``Content-Length``)
   in ``chunk``-byte pieces (default 4096), so its size is known only at the end.
+- ``gzip``: compress the file on the fly and send it with ``Content-Encoding: gzip``,
+  whatever the request's ``Accept-Encoding`` says (a misbehaving server or proxy).
+
+``content_encoding`` (string, with any mode) adds a ``Content-Encoding`` header to the
+file sent as stored: a pre-compressed artifact published with that encoding (as object
+stores do for objects uploaded with ``Content-Encoding`` metadata).
 
 ``count`` is how many artifact requests get the fault before the mode reverts to ``ok``
 (absent or null: until the next control request). ``"reset": true`` zeroes the request
 counters. ``GET /_stats`` returns ``{"requests": n, "by_path": {...}, "mode": ...}``,
-counting every artifact request whatever its outcome.
+counting every artifact request whatever its outcome, and ``"accept_encoding"``: the
+``Accept-Encoding`` header of the last artifact request (null if absent).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import gzip
 import http.server
 import json
 import os
@@ -57,6 +65,7 @@ class _State:
         self.settings: dict[str, Any] = {"mode": "ok", "count": None}
         self.requests = 0
         self.by_path: dict[str, int] = {}
+        self.accept_encoding: str | None = None
 
     def configure(self, settings: dict[str, Any]) -> dict[str, Any]:
         with self.lock:
@@ -67,10 +76,11 @@ class _State:
                 self.settings = {"mode": "ok", "count": None, **settings}
             return self.snapshot()
 
-    def take(self, path: str) -> dict[str, Any]:
+    def take(self, path: str, accept_encoding: str | None) -> dict[str, Any]:
         """Count one artifact request and return the fault settings that apply to it."""
         with self.lock:
             self.requests += 1
+            self.accept_encoding = accept_encoding
             self.by_path[path] = self.by_path.get(path, 0) + 1
             current = dict(self.settings)
             count = current.get("count")
@@ -84,7 +94,12 @@ class _State:
             return current
 
     def snapshot(self) -> dict[str, Any]:
-        return {"requests": self.requests, "by_path": dict(self.by_path), **self.settings}
+        return {
+            "requests": self.requests,
+            "by_path": dict(self.by_path),
+            "accept_encoding": self.accept_encoding,
+            **self.settings,
+        }
 
 
 class ArtifactHandler(http.server.BaseHTTPRequestHandler):
@@ -127,7 +142,7 @@ class ArtifactHandler(http.server.BaseHTTPRequestHandler):
                 stats = self.server.state.snapshot()
             self._send_json(200, stats)
             return
-        fault = self.server.state.take(url.path)
+        fault = self.server.state.take(url.path, self.headers.get("Accept-Encoding"))
         mode = str(fault.get("mode", "ok"))
         if mode.startswith("error"):
             self._send_error(int(mode.removeprefix("error")), fault.get("retry_after"))
@@ -138,6 +153,11 @@ class ArtifactHandler(http.server.BaseHTTPRequestHandler):
             return
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
+        if mode == "gzip":
+            data = gzip.compress(data)
+            self.send_header("Content-Encoding", "gzip")
+        elif fault.get("content_encoding"):
+            self.send_header("Content-Encoding", str(fault["content_encoding"]))
         if mode == "chunked":
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()

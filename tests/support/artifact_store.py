@@ -101,6 +101,13 @@ class ArtifactStore:
         stats = httpx.get(f"{self.base}/_stats", timeout=5).raise_for_status().json()
         return int(stats["by_path"].get(f"/{name}", 0))
 
+    def stats(self) -> dict[str, Any]:
+        """Return the server's ``/_stats``: requests, by_path, accept_encoding, mode..."""
+        result: dict[str, Any] = (
+            httpx.get(f"{self.base}/_stats", timeout=5).raise_for_status().json()
+        )
+        return result
+
     def __enter__(self) -> ArtifactStore:
         return self.start()
 
