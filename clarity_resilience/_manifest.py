@@ -15,6 +15,7 @@ import types
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Literal
 
+from ._atomic import write_atomic
 from ._integrity import read_verified_entry, verify_entry
 from ._manifest_format import (
     dump_json,
@@ -33,7 +34,6 @@ from ._manifest_fs import (
     read_manifest_text,
     resolve,
     worker_pool,
-    write_atomic,
 )
 from ._reasons import Reason
 from .exceptions import IntegrityError, ManifestError

@@ -8,10 +8,8 @@ judged, which is simpler and leaves no "does it stay inside?" question to get wr
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
-import tempfile
 from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -28,13 +26,10 @@ __all__ = [
     "resolve",
     "walk",
     "worker_pool",
-    "write_atomic",
 ]
 
 # A manifest larger than this is not a manifest (someone passed the model file itself).
 _MAX_MANIFEST_BYTES = 64 * 1024 * 1024
-# Mode of a newly written manifest: readable by the serving user (mkstemp makes 0600).
-_MANIFEST_MODE = 0o644
 
 #: Called with (relative path, path, error) when a directory cannot be listed.
 WalkErrorHandler = Callable[[str, str, OSError], None]
@@ -231,44 +226,3 @@ def hash_file(root: str, rel: str) -> tuple[str, int]:
         raise ManifestError(
             str(e), path=e.path, expected=e.expected, actual=e.actual, reason=e.reason
         ) from e
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so readers see the old file or the new, never a part.
-
-    Raises:
-        OSError: Writing failed; ``path`` is untouched and no temporary file is left.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        mode = stat.S_IMODE(os.stat(path).st_mode)
-    except FileNotFoundError:
-        mode = _MANIFEST_MODE
-    fd, temporary = tempfile.mkstemp(
-        prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory
-    )
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-    _fsync_directory(directory)
-
-
-def _fsync_directory(directory: str) -> None:
-    # Makes the rename itself durable; some filesystems cannot open a directory for it.
-    try:
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        with contextlib.suppress(OSError):
-            os.fsync(fd)
-    finally:
-        os.close(fd)
