@@ -200,7 +200,7 @@ class TestReload:
         guard.load()
         new = tmp_path / "v2.safetensors"
         new_digest = write(new, model_bytes(2.0))
-        guard.reload(new, new_digest, version="v2")
+        guard.reload(path=new, sha256=new_digest, version="v2")
         assert guard.predict(total) == 2 * (64 * 64 + 64)
         assert guard.status()["version"] == "v2"
         assert guard.status()["sha256"] == new_digest[:12]
@@ -239,7 +239,7 @@ class TestReload:
             try:
                 for i in range(20):
                     path, digest = versions[i % len(versions)]
-                    guard.reload(path, digest)
+                    guard.reload(path=path, sha256=digest)
                     expected = float(2 + i % len(versions)) * (64 * 64 + 64)
                     with answered:  # clients are answering from the version just promoted
                         assert answered.wait_for(lambda e=expected: e in seen_values, 10)
