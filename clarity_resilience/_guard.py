@@ -15,7 +15,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
 from ._breaker import Breaker
@@ -435,10 +435,13 @@ class ModelGuard(Generic[M]):
         self._emitter.emit(PredictionSucceeded(model=self.name, duration=_since(start)))
         return result
 
+    # Coroutine, not Awaitable: for an ``async def`` fn both overloads match, and only
+    # with identical parameter types does mypy pick the first instead of answering Any
+    # when fn's signature mentions Any (as ``NDArray[Any]`` does).
     @overload
     async def predict_async(
         self,
-        fn: Callable[Concatenate[M, P], Awaitable[R]],
+        fn: Callable[Concatenate[M, P], Coroutine[Any, Any, R]],
         /,
         *args: P.args,
         **kwargs: P.kwargs,
