@@ -239,3 +239,29 @@ class TestAttempt:
         assert attempt.emitter is emitter
         attempt.load_failed(cr.ModelLoadError("x"))
         assert failures(registry, "load_error") == 1.0
+
+
+class TestRefusedBytesAreReleased:
+    def test_a_kept_error_holds_no_frame_with_the_refused_bytes(
+        self, tmp_path: pathlib.Path
+    ) -> None:
+        """The frames a loader error keeps are cleared: a kept error pins no model bytes."""
+        payload = b"refused-model-bytes" * 10
+        path = tmp_path / "m.bin"
+        path.write_bytes(payload)
+
+        def picky(data: bytes) -> None:
+            raise ValueError("bad")
+
+        with pytest.raises(cr.ModelLoadError) as info:
+            cr.load_verified(path, sha256=digest(payload), loader=picky)
+        held = []
+        error: BaseException | None = info.value
+        while error is not None:
+            tb = error.__traceback__
+            while tb is not None:
+                if tb.tb_frame.f_code.co_name in {"_call_loader", "_read_and_load", "picky"}:
+                    held += [v for v in tb.tb_frame.f_locals.values() if v == payload]
+                tb = tb.tb_next
+            error = error.__cause__
+        assert held == []

@@ -483,3 +483,33 @@ class TestCustomOrigin:
         guard = cr.ModelGuard("m", origin=InMemoryOrigin(MODEL))
         with pytest.raises(ValueError, match="origin="):
             guard.reload(origin=InMemoryOrigin(OTHER), path="x")
+
+
+class TestNoGuessing:
+    def test_in_memory_manifest_failures_are_labelled_without_a_repr(
+        self, tmp_path: pathlib.Path, events: list[Event]
+    ) -> None:
+        """A refused in-memory manifest is reported as <manifest>, never as its repr."""
+        kwargs = _manifest_memory(tmp_path, MODEL, version="v2")
+        origin = origin_from(**kwargs, expected_version="v1")
+        with pytest.raises(cr.ManifestError) as info:
+            origin.read(model="m", registry=CollectorRegistry())
+        assert info.value.path is None
+        assert (info.value.expected, info.value.actual) == ("v1", "v2")
+        failed = [e for e in events if isinstance(e, IntegrityCheckFailed)]
+        assert [(e.path, e.reason) for e in failed] == [("<manifest>", "version_mismatch")]
+
+
+class TestSourceCache:
+    def test_an_intact_cache_is_hashed_once_and_not_downloaded(
+        self, tmp_path: pathlib.Path, store: Any, registry: CollectorRegistry, events: list[Event]
+    ) -> None:
+        """Reloading from an intact cached copy reads it once: one check, no request."""
+        origin = origin_from(**_source(store, tmp_path, "model.safetensors"))
+        assert origin.read(model="m", registry=registry).data == MODEL
+        before = store.requests("model.safetensors")
+        events.clear()
+        verified = origin.read(model="m", registry=registry)
+        assert verified == VerifiedBytes(MODEL, digest(MODEL), None)
+        assert store.requests("model.safetensors") == before
+        assert [type(e).__name__ for e in events] == ["IntegrityCheckPassed"]
