@@ -686,6 +686,7 @@ class TestReloadOrigin:
         )
         assert total(guard.load()) == 64 * 64 + 64
         assert total(guard.reload(entry="b.safetensors")) == 2 * (64 * 64 + 64)
+        assert total(asyncio.run(guard.reload_async(entry="a.safetensors"))) == 64 * 64 + 64
         with pytest.raises(ValueError, match="entry="):
             make_guard(tmp_path / "a.safetensors", "0" * 64, CollectorRegistry()).reload(
                 entry="b.safetensors"
@@ -792,8 +793,19 @@ class TestLoadOutcomes:
     @pytest.mark.parametrize("name", ["", None, 3])
     def test_name_must_be_a_non_empty_string(self, name: Any) -> None:
         """The name is a metric label and a breaker name: it must be a non-empty str."""
-        with pytest.raises(ValueError, match="name"):
+        with pytest.raises(ValueError, match="name must be a non-empty str"):
             cr.ModelGuard(name, path="p", sha256="0" * 64)
+
+    def test_a_new_guard_is_registered_before_any_load(
+        self, registry: CollectorRegistry, events: list[Event]
+    ) -> None:
+        """Construction emits model_registered, so alerts see the model from the start."""
+        cr.ModelGuard("m", path="p", sha256="0" * 64, registry=registry)
+        assert [e.name for e in events if isinstance(e, cr.instrumentation.ModelRegistered)] == [
+            "clarity_resilience.model_registered"
+        ]
+        assert sample(registry, "model_integrity_failures_total", model="m",
+                      reason="checksum_mismatch") == 0.0  # fmt: skip
 
 
 class TestPredictMore:
