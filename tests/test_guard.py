@@ -795,6 +795,8 @@ class TestLoadOutcomes:
         """The name is a metric label and a breaker name: it must be a non-empty str."""
         with pytest.raises(ValueError, match="name must be a non-empty str"):
             cr.ModelGuard(name, path="p", sha256="0" * 64)
+        with pytest.raises(ValueError, match="name must be a non-empty str"):  # own breaker
+            cr.ModelGuard(name, path="p", sha256="0" * 64, breaker=cr.Breaker("b"))
 
     def test_a_new_guard_is_registered_before_any_load(
         self, registry: CollectorRegistry, events: list[Event]
