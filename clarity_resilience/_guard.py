@@ -96,7 +96,9 @@ class ModelGuard(Generic[M]):
             ``unavailable_retry_after``.
 
     Raises:
-        ValueError: The origin is missing, ambiguous or incomplete.
+        ValueError: The origin is missing, ambiguous or incomplete, or given a setting
+            it does not take (``entry=`` for a file, ``size=`` for a manifest or source).
+        TypeError: ``origin`` does not implement the origin protocol.
     """
 
     @overload
