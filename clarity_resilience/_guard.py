@@ -16,11 +16,20 @@ import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Concatenate,
+    Generic,
+    ParamSpec,
+    TypeVar,
+    Unpack,
+    overload,
+)
 
 from ._breaker import Breaker
 from ._loading import deserialize_verified
-from ._origin import Origin, origin_from
+from ._origin import Origin, OriginKeywords, origin_from
 from ._reasons import Reason, bytes_refused
 from .exceptions import (
     ClarityResilienceError,
@@ -101,19 +110,13 @@ class ModelGuard(Generic[M]):
         TypeError: ``origin`` does not implement the origin protocol.
     """
 
+    # Two signatures so that a guard without a loader is a ModelGuard[Any] (auto detects
+    # the format at run time) instead of a guard whose model type cannot be inferred.
     @overload
     def __init__(
         self,
         name: str,
         *,
-        path: str | os.PathLike[str] | None = None,
-        sha256: str | None = None,
-        size: int | None = None,
-        manifest: Manifest | str | os.PathLike[str] | None = None,
-        entry: str | None = None,
-        source: HttpSource | None = None,
-        origin: Origin | None = None,
-        version: str | None = None,
         expected_version: str | None = None,
         loader: Callable[[bytes], M],
         breaker: Breaker | None = None,
@@ -121,6 +124,7 @@ class ModelGuard(Generic[M]):
         invalid_input: Iterable[type[Exception]] = (),
         unavailable_retry_after: float = 5.0,
         integrity_retry_after: float = 300.0,
+        **origin: Unpack[OriginKeywords],
     ) -> None: ...
 
     @overload
@@ -128,14 +132,6 @@ class ModelGuard(Generic[M]):
         self: ModelGuard[Any],
         name: str,
         *,
-        path: str | os.PathLike[str] | None = None,
-        sha256: str | None = None,
-        size: int | None = None,
-        manifest: Manifest | str | os.PathLike[str] | None = None,
-        entry: str | None = None,
-        source: HttpSource | None = None,
-        origin: Origin | None = None,
-        version: str | None = None,
         expected_version: str | None = None,
         loader: None = None,
         breaker: Breaker | None = None,
@@ -143,6 +139,7 @@ class ModelGuard(Generic[M]):
         invalid_input: Iterable[type[Exception]] = (),
         unavailable_retry_after: float = 5.0,
         integrity_retry_after: float = 300.0,
+        **origin: Unpack[OriginKeywords],
     ) -> None: ...
 
     def __init__(
@@ -175,15 +172,16 @@ class ModelGuard(Generic[M]):
         self.invalid_input = tuple(invalid_input)
         self.unavailable_retry_after = float(unavailable_retry_after)
         self.integrity_retry_after = float(integrity_retry_after)
-        self._origin = self._origin_of(
-            origin,
+        self._origin = origin_from(
             path=path,
             sha256=sha256,
             size=size,
             manifest=manifest,
             entry=entry,
             source=source,
+            origin=origin,
             version=version,
+            expected_version=expected_version,
         )
         self._serving: _Serving[M] | None = None
         self._last_error: ClarityResilienceError | None = None
@@ -278,15 +276,16 @@ class ModelGuard(Generic[M]):
             ValueError: The arguments do not describe one origin.
         """
         if manifest is not None or source is not None or origin is not None:
-            new = self._origin_of(
-                origin,
+            new = origin_from(
                 path=path,
                 sha256=sha256,
                 size=size,
                 manifest=manifest,
                 entry=entry,
                 source=source,
+                origin=origin,
                 version=version,
+                expected_version=self.expected_version,
             )
         else:
             new = self._origin.replaced(
@@ -304,63 +303,10 @@ class ModelGuard(Generic[M]):
         async with self._async_load_lock():
             return await asyncio.to_thread(self.load)
 
-    async def reload_async(
-        self,
-        *,
-        path: str | os.PathLike[str] | None = None,
-        sha256: str | None = None,
-        size: int | None = None,
-        manifest: Manifest | str | os.PathLike[str] | None = None,
-        entry: str | None = None,
-        source: HttpSource | None = None,
-        origin: Origin | None = None,
-        version: str | None = None,
-    ) -> M:
-        """Run :meth:`reload` in a worker thread (same arguments; see :meth:`load_async`)."""
-        reload = functools.partial(
-            self.reload,
-            path=path,
-            sha256=sha256,
-            size=size,
-            manifest=manifest,
-            entry=entry,
-            source=source,
-            origin=origin,
-            version=version,
-        )
+    async def reload_async(self, **changes: Unpack[OriginKeywords]) -> M:
+        """Run :meth:`reload` in a worker thread (same keywords; see :meth:`load_async`)."""
         async with self._async_load_lock():
-            return await asyncio.to_thread(reload)
-
-    def _origin_of(
-        self,
-        origin: Origin | None,
-        *,
-        path: str | os.PathLike[str] | None,
-        sha256: str | None,
-        size: int | None,
-        manifest: Manifest | str | os.PathLike[str] | None,
-        entry: str | None,
-        source: HttpSource | None,
-        version: str | None,
-    ) -> Origin:
-        """Return ``origin``, or the one the keywords describe (never both)."""
-        if origin is None:
-            return origin_from(
-                path=path,
-                sha256=sha256,
-                size=size,
-                manifest=manifest,
-                entry=entry,
-                source=source,
-                version=version,
-                expected_version=self.expected_version,
-            )
-        given = (path, sha256, size, manifest, entry, source, version)
-        if any(x is not None for x in given):
-            raise ValueError("origin= describes the whole origin; pass no other origin keyword")
-        if not isinstance(origin, Origin):
-            raise TypeError(f"origin must implement Origin, not {type(origin).__name__}")
-        return origin
+            return await asyncio.to_thread(functools.partial(self.reload, **changes))
 
     def _async_load_lock(self) -> asyncio.Lock:
         """Return this guard's load lock for the running event loop (one per loop)."""

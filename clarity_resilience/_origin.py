@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, ClassVar, Protocol, TypedDict, runtime_checkable
 
 from ._integrity import normalize_sha256, read_verified
 from ._loading import VerifiedBytes
@@ -25,7 +25,14 @@ if TYPE_CHECKING:
     from ._manifest import Manifest
     from .sources import HttpSource
 
-__all__ = ["ManifestEntryOrigin", "Origin", "PinnedFile", "SourceOrigin", "origin_from"]
+__all__ = [
+    "ManifestEntryOrigin",
+    "Origin",
+    "OriginKeywords",
+    "PinnedFile",
+    "SourceOrigin",
+    "origin_from",
+]
 
 
 @runtime_checkable
@@ -295,6 +302,19 @@ class SourceOrigin:
         return f"{self.kind} sha256={self.source.sha256[:12]}"
 
 
+class OriginKeywords(TypedDict, total=False):
+    """The keywords of ``ModelGuard`` and ``reload`` that describe (or change) an origin."""
+
+    path: str | os.PathLike[str] | None
+    sha256: str | None
+    size: int | None
+    manifest: Manifest | str | os.PathLike[str] | None
+    entry: str | None
+    source: HttpSource | None
+    origin: Origin | None
+    version: str | None
+
+
 def origin_from(
     *,
     path: str | os.PathLike[str] | None = None,
@@ -303,18 +323,27 @@ def origin_from(
     manifest: Manifest | str | os.PathLike[str] | None = None,
     entry: str | None = None,
     source: HttpSource | None = None,
+    origin: Origin | None = None,
     version: str | None = None,
     expected_version: str | None = None,
 ) -> Origin:
     """Return the origin that ``ModelGuard``'s keywords describe.
 
     ``sha256=`` selects a :class:`PinnedFile`, ``manifest=`` a :class:`ManifestEntryOrigin`
-    and ``source=`` a :class:`SourceOrigin`; each validates its own settings.
-    ``expected_version`` is the guard's policy: it applies to manifests only.
+    and ``source=`` a :class:`SourceOrigin`; each validates its own settings. ``origin=``
+    is any :class:`Origin`, taken as it is. ``expected_version`` is the guard's policy:
+    it applies to manifests only.
 
     Raises:
         ValueError: Not exactly one origin, an incomplete one, or a setting it does not take.
+        TypeError: ``origin`` does not implement :class:`Origin`.
     """
+    if origin is not None:
+        if any(x is not None for x in (path, sha256, size, manifest, entry, source, version)):
+            raise ValueError("origin= describes the whole origin; pass no other origin keyword")
+        if not isinstance(origin, Origin):
+            raise TypeError(f"origin must implement Origin, not {type(origin).__name__}")
+        return origin
     if sum(x is not None for x in (sha256, manifest, source)) != 1:
         raise ValueError("give exactly one of sha256= (with path=), manifest= or source=")
     if source is not None:
