@@ -15,12 +15,21 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Concatenate,
+    Generic,
+    ParamSpec,
+    TypeVar,
+    Unpack,
+    overload,
+)
 
 from ._breaker import Breaker
 from ._loading import deserialize_verified
-from ._origin import Origin, make_origin
+from ._origin import Origin, OriginKeywords, origin_from
 from ._reasons import Reason, bytes_refused
 from .exceptions import (
     ClarityResilienceError,
@@ -46,6 +55,7 @@ __all__ = ["ModelGuard"]
 
 M = TypeVar("M")
 R = TypeVar("R")
+P = ParamSpec("P")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -61,8 +71,10 @@ class ModelGuard(Generic[M]):
     """Serve one model only from verified bytes, under a circuit breaker.
 
     Give exactly one origin: ``path`` + ``sha256`` (a file), ``manifest`` + ``path``
-    (a directory; ``entry`` names the file to load when the manifest lists several), or
-    ``source`` (a remote artifact such as :class:`~clarity_resilience.sources.HttpSource`).
+    (a directory; ``entry`` names the file to load when the manifest lists several),
+    ``source`` (a remote artifact such as :class:`~clarity_resilience.sources.HttpSource`),
+    or an ``origin`` object. The guard keeps the serving record, the breaker, the swap
+    and the last known good model; the origin owns reading and verifying.
 
     Args:
         name: The model's name: the ``model`` metric label and the breaker's name.
@@ -74,10 +86,13 @@ class ModelGuard(Generic[M]):
         entry: Which manifest entry to load.
         source: A remote source with ``fetch()``, ``evict()``, ``path``, ``sha256`` and
             ``size`` (:class:`~clarity_resilience.sources.HttpSource`).
+        origin: Any other :class:`~clarity_resilience._origin.Origin` (instead of the
+            keywords above).
         version: A version string to report (defaults to the manifest's version).
         expected_version: With a manifest: refuse (``version_mismatch``) any manifest
             whose model version differs, so a stale or foreign manifest never serves.
-        loader: Turns verified bytes into the model (default: ``loaders.auto``).
+        loader: Turns verified bytes into the model (default: ``loaders.auto``, and the
+            guard is then typed ``ModelGuard[Any]``).
         breaker: The breaker for loads and predictions (default: a new one, same name).
         registry: The Prometheus registry to record into (default registry if None).
         invalid_input: Exception types that ``fn`` raises for bad input; re-raised as
@@ -90,8 +105,42 @@ class ModelGuard(Generic[M]):
             ``unavailable_retry_after``.
 
     Raises:
-        ValueError: The origin is missing, ambiguous or incomplete.
+        ValueError: The origin is missing, ambiguous or incomplete, or given a setting
+            it does not take (``entry=`` for a file, ``size=`` for a manifest or source).
+        TypeError: ``origin`` does not implement the origin protocol.
     """
+
+    # Two signatures so that a guard without a loader is a ModelGuard[Any] (auto detects
+    # the format at run time) instead of a guard whose model type cannot be inferred.
+    @overload
+    def __init__(
+        self,
+        name: str,
+        *,
+        expected_version: str | None = None,
+        loader: Callable[[bytes], M],
+        breaker: Breaker | None = None,
+        registry: CollectorRegistry | None = None,
+        invalid_input: Iterable[type[Exception]] = (),
+        unavailable_retry_after: float = 5.0,
+        integrity_retry_after: float = 300.0,
+        **origin: Unpack[OriginKeywords],
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self: ModelGuard[Any],
+        name: str,
+        *,
+        expected_version: str | None = None,
+        loader: None = None,
+        breaker: Breaker | None = None,
+        registry: CollectorRegistry | None = None,
+        invalid_input: Iterable[type[Exception]] = (),
+        unavailable_retry_after: float = 5.0,
+        integrity_retry_after: float = 300.0,
+        **origin: Unpack[OriginKeywords],
+    ) -> None: ...
 
     def __init__(
         self,
@@ -103,6 +152,7 @@ class ModelGuard(Generic[M]):
         manifest: Manifest | str | os.PathLike[str] | None = None,
         entry: str | None = None,
         source: HttpSource | None = None,
+        origin: Origin | None = None,
         version: str | None = None,
         expected_version: str | None = None,
         loader: Callable[[bytes], M] | None = None,
@@ -122,8 +172,16 @@ class ModelGuard(Generic[M]):
         self.invalid_input = tuple(invalid_input)
         self.unavailable_retry_after = float(unavailable_retry_after)
         self.integrity_retry_after = float(integrity_retry_after)
-        self._origin = make_origin(
-            path, sha256, size, manifest, entry, source, version, expected_version
+        self._origin = origin_from(
+            path=path,
+            sha256=sha256,
+            size=size,
+            manifest=manifest,
+            entry=entry,
+            source=source,
+            origin=origin,
+            version=version,
+            expected_version=expected_version,
         )
         self._serving: _Serving[M] | None = None
         self._last_error: ClarityResilienceError | None = None
@@ -182,39 +240,58 @@ class ModelGuard(Generic[M]):
         """
         return self._swap(self._origin)
 
+    @property
+    def origin(self) -> Origin:
+        """Return the origin :meth:`load` and a bare :meth:`reload` read (the last good one)."""
+        return self._origin
+
     def reload(
         self,
+        *,
         path: str | os.PathLike[str] | None = None,
         sha256: str | None = None,
-        *,
         size: int | None = None,
         manifest: Manifest | str | os.PathLike[str] | None = None,
         entry: str | None = None,
         source: HttpSource | None = None,
+        origin: Origin | None = None,
         version: str | None = None,
     ) -> M:
         """Verify and load a new version off the serving path, then swap atomically.
 
         Predictions keep using the serving model while the new one loads, and switch to
         it in one step. A version that fails is refused: the last known good model keeps
-        serving, and the refusal is audited (``reload_refused``) and counted.
+        serving, the refusal is audited (``reload_refused``) and counted, and the origin
+        to load next stays the last good one.
 
-        With no arguments the configured origin is loaded again (e.g. a file rewritten
-        in place with the same expected digest is refused). Pass ``path``/``sha256`` for
-        a new file version, ``manifest`` (with ``path`` and ``entry``) for a new manifest,
-        or ``source`` for a new remote artifact.
+        With no arguments the last good (or configured) origin is loaded again (e.g. a
+        file rewritten in place with the same expected digest is refused). Keywords
+        change that origin (``path=``/``sha256=``/``size=`` for a file, ``path=``/
+        ``entry=`` for a manifest's directory and entry, ``version=`` for any); a new
+        file without ``size=`` has no size pinned. ``manifest=`` (with ``path=``),
+        ``source=`` or ``origin=`` replace the origin.
 
         Raises:
             IntegrityError, ModelLoadError: The new version was refused.
             ValueError: The arguments do not describe one origin.
         """
-        if manifest is not None or source is not None:
-            origin = make_origin(
-                path, None, size, manifest, entry, source, version, self.expected_version
+        if manifest is not None or source is not None or origin is not None:
+            new = origin_from(
+                path=path,
+                sha256=sha256,
+                size=size,
+                manifest=manifest,
+                entry=entry,
+                source=source,
+                origin=origin,
+                version=version,
+                expected_version=self.expected_version,
             )
         else:
-            origin = self._origin.replaced(path, sha256, size, version)
-        return self._swap(origin)
+            new = self._origin.replaced(
+                path=path, sha256=sha256, size=size, entry=entry, version=version
+            )
+        return self._swap(new)
 
     async def load_async(self) -> M:
         """Run :meth:`load` in a worker thread: hashing never blocks the event loop.
@@ -226,15 +303,10 @@ class ModelGuard(Generic[M]):
         async with self._async_load_lock():
             return await asyncio.to_thread(self.load)
 
-    async def reload_async(
-        self,
-        path: str | os.PathLike[str] | None = None,
-        sha256: str | None = None,
-        **kwargs: Any,
-    ) -> M:
-        """Run :meth:`reload` in a worker thread (same arguments; see :meth:`load_async`)."""
+    async def reload_async(self, **changes: Unpack[OriginKeywords]) -> M:
+        """Run :meth:`reload` in a worker thread (same keywords; see :meth:`load_async`)."""
         async with self._async_load_lock():
-            return await asyncio.to_thread(functools.partial(self.reload, path, sha256, **kwargs))
+            return await asyncio.to_thread(functools.partial(self.reload, **changes))
 
     def _async_load_lock(self) -> asyncio.Lock:
         """Return this guard's load lock for the running event loop (one per loop)."""
@@ -288,7 +360,9 @@ class ModelGuard(Generic[M]):
 
     # -- predicting -----------------------------------------------------------------
 
-    def predict(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
+    def predict(
+        self, fn: Callable[Concatenate[M, P], R], /, *args: P.args, **kwargs: P.kwargs
+    ) -> R:
         """Run ``fn(model, *args, **kwargs)`` on the serving model, under the breaker.
 
         Raises:
@@ -309,11 +383,29 @@ class ModelGuard(Generic[M]):
         self._emitter.emit(PredictionSucceeded(model=self.name, duration=_since(start)))
         return result
 
+    # Coroutine, not Awaitable: for an ``async def`` fn both overloads match, and only
+    # with identical parameter types does mypy pick the first instead of answering Any
+    # when fn's signature mentions Any (as ``NDArray[Any]`` does).
+    @overload
+    async def predict_async(
+        self,
+        fn: Callable[Concatenate[M, P], Coroutine[Any, Any, R]],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> R: ...
+
+    @overload
+    async def predict_async(
+        self, fn: Callable[Concatenate[M, P], R], /, *args: P.args, **kwargs: P.kwargs
+    ) -> R: ...
+
     async def predict_async(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        """Await ``fn(model, *args, **kwargs)`` under the breaker.
+        """Await ``fn(model, *args, **kwargs)`` under the breaker and return its result.
 
         ``fn`` may be ``async def``; a plain function runs in a worker thread so that
-        inference never blocks the event loop. Cancellation is not a failure.
+        inference never blocks the event loop (an awaitable it returns is awaited, so
+        the result is always the awaited value). Cancellation is not a failure.
         """
         start = time.perf_counter()
         serving = self._serving
@@ -326,7 +418,7 @@ class ModelGuard(Generic[M]):
                 )
             else:
                 result = await self.breaker.call_async(
-                    asyncio.to_thread, self._run, fn, serving.model, args, kwargs
+                    self._run_in_thread, fn, serving.model, args, kwargs
                 )
         except Exception as exc:
             self._failed(exc, start)
@@ -353,6 +445,14 @@ class ModelGuard(Generic[M]):
             return await fn(model, *args, **kwargs)
         except self.invalid_input as e:
             raise InvalidInputError(str(e) or type(e).__name__) from e
+
+    async def _run_in_thread(
+        self, fn: Callable[..., Any], model: M, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        result = await asyncio.to_thread(self._run, fn, model, args, kwargs)
+        if inspect.isawaitable(result):  # a plain function that returned an awaitable
+            return await self._run_async(lambda _model: result, model, (), {})
+        return result
 
     def _failed(self, exc: Exception, start: float) -> None:
         self._emitter.emit(
@@ -385,7 +485,10 @@ class ModelGuard(Generic[M]):
 
     def __repr__(self) -> str:
         state = "ready" if self.ready else "unavailable"
-        return f"<ModelGuard {self.name!r} {state} breaker={self.breaker.state!r}>"
+        origin = self._origin.describe()
+        return (
+            f"<ModelGuard {self.name!r} {state} origin={origin!r} breaker={self.breaker.state!r}>"
+        )
 
 
 def _reason_of(exc: BaseException) -> Reason:

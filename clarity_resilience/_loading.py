@@ -8,13 +8,12 @@ manifest entry read the same way), and every load is reported as one outcome:
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, overload
 
 from ._integrity import UNNAMED, _drop_frames, normalize_sha256, read_verified
+from ._outcome import Attempt
 from .exceptions import ClarityResilienceError, ModelLoadError
-from .instrumentation import Emitter, ModelLoaded, ModelLoadFailed
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -24,16 +23,43 @@ __all__ = ["VerifiedBytes", "deserialize_verified", "load_verified"]
 T = TypeVar("T")
 
 
+@overload
 def load_verified(
     path: str | os.PathLike[str],
     *,
     sha256: str,
-    loader: Callable[[bytes], T] | None = None,
+    loader: Callable[[bytes], T],
     size: int | None = None,
     model: str = UNNAMED,
     registry: CollectorRegistry | None = None,
-) -> T:
+) -> T: ...
+
+
+@overload
+def load_verified(
+    path: str | os.PathLike[str],
+    *,
+    sha256: str,
+    loader: None = None,
+    size: int | None = None,
+    model: str = UNNAMED,
+    registry: CollectorRegistry | None = None,
+) -> Any: ...
+
+
+def load_verified(
+    path: str | os.PathLike[str],
+    *,
+    sha256: str,
+    loader: Callable[[bytes], Any] | None = None,
+    size: int | None = None,
+    model: str = UNNAMED,
+    registry: CollectorRegistry | None = None,
+) -> Any:
     """Verify a file and deserialize exactly the verified bytes.
+
+    With a ``loader`` the result has the loader's return type; without one (``auto``,
+    whose format is known only at run time) it is typed ``Any``.
 
     Args:
         path: The model file.
@@ -74,8 +100,9 @@ def deserialize_verified(
 ) -> tuple[T, VerifiedBytes]:
     """Run ``loader`` on the bytes ``read()`` verified, and report the load as one outcome.
 
-    ``read`` must return verified bytes (``read_verified``, ``Manifest.read_entry``); its
-    integrity errors pass through. Emits ``ModelLoaded`` or ``ModelLoadFailed``.
+    ``read`` must return verified bytes (``read_verified``, ``Manifest.read_entry``) and
+    report its own check (see :mod:`._outcome`); its integrity errors pass through.
+    Reports the load once: ``ModelLoaded`` or ``ModelLoadFailed``.
 
     Returns:
         The model, and what its bytes were verified against (``data`` released).
@@ -84,30 +111,14 @@ def deserialize_verified(
         from .loaders import auto
 
         loader = auto
-    emitter = Emitter(registry)
-    start = time.perf_counter()
+    attempt = Attempt(model, registry)
     try:
         result, verified = _read_and_load(read, loader)
     except ClarityResilienceError as e:
         _drop_frames(e)
-        emitter.emit(
-            ModelLoadFailed(
-                model=model,
-                reason=e.reason,
-                error_type=type(e).__name__,
-                detail=str(e),
-                duration=time.perf_counter() - start,
-            )
-        )
+        attempt.load_failed(e)
         raise
-    emitter.emit(
-        ModelLoaded(
-            model=model,
-            sha256=verified.sha256,
-            version=verified.version,
-            duration=time.perf_counter() - start,
-        )
-    )
+    attempt.loaded(verified.sha256, verified.version)
     return result, verified._replace(data=b"")
 
 

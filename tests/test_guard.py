@@ -200,7 +200,7 @@ class TestReload:
         guard.load()
         new = tmp_path / "v2.safetensors"
         new_digest = write(new, model_bytes(2.0))
-        guard.reload(new, new_digest, version="v2")
+        guard.reload(path=new, sha256=new_digest, version="v2")
         assert guard.predict(total) == 2 * (64 * 64 + 64)
         assert guard.status()["version"] == "v2"
         assert guard.status()["sha256"] == new_digest[:12]
@@ -239,7 +239,7 @@ class TestReload:
             try:
                 for i in range(20):
                     path, digest = versions[i % len(versions)]
-                    guard.reload(path, digest)
+                    guard.reload(path=path, sha256=digest)
                     expected = float(2 + i % len(versions)) * (64 * 64 + 64)
                     with answered:  # clients are answering from the version just promoted
                         assert answered.wait_for(lambda e=expected: e in seen_values, 10)
@@ -559,3 +559,364 @@ class TestSourceCache:
             == 1.0
         )
         assert cr.sha256_file(source.path) == digest
+
+
+class TestReloadOrigin:
+    def test_reload_is_keyword_only(self, model_file: tuple[pathlib.Path, str]) -> None:
+        """reload() and reload_async() take keywords only, like the constructor."""
+        path, digest = model_file
+        guard = make_guard(path, digest, CollectorRegistry())
+        with pytest.raises(TypeError):
+            guard.reload(path, digest)  # type: ignore[misc]
+        with pytest.raises(TypeError):
+            asyncio.run(guard.reload_async(path, digest))  # type: ignore[misc]
+
+    def test_reload_async_passes_every_keyword(
+        self, model_file: tuple[pathlib.Path, str], tmp_path: pathlib.Path
+    ) -> None:
+        """reload_async(path=, sha256=, size=, version=) promotes exactly that version."""
+        guard = make_guard(*model_file, CollectorRegistry())
+        guard.load()
+        new = tmp_path / "v2.safetensors"
+        data = model_bytes(2.0)
+        new_digest = write(new, data)
+        asyncio.run(guard.reload_async(path=new, sha256=new_digest, size=len(data), version="v2"))
+        assert guard.predict(total) == 2 * (64 * 64 + 64)
+        assert guard.status()["version"] == "v2"
+        assert guard.origin == cr._origin.PinnedFile(str(new), new_digest, len(data), "v2")
+        with pytest.raises(cr.SizeMismatchError):
+            asyncio.run(guard.reload_async(size=len(data) + 1))
+
+    def test_refused_reload_does_not_become_the_origin(
+        self,
+        model_file: tuple[pathlib.Path, str],
+        tmp_path: pathlib.Path,
+        registry: CollectorRegistry,
+    ) -> None:
+        """After a refused reload, load() and a bare reload() read the last good origin."""
+        path, digest = model_file
+        guard = make_guard(path, digest, registry)
+        guard.load()
+        good = guard.origin
+        bad = tmp_path / "bad.safetensors"
+        bad_digest = write(bad, model_bytes(9.0))
+        bad.write_bytes(model_bytes(8.0))  # tampered after its digest was published
+        with pytest.raises(cr.ChecksumMismatchError):
+            guard.reload(path=bad, sha256=bad_digest)
+        assert guard.origin is good
+        assert total(guard.reload()) == 64 * 64 + 64
+        assert total(guard.load()) == 64 * 64 + 64
+        assert sample(registry, "model_integrity_failures_total", model="m",
+                      reason="checksum_mismatch") == 1.0  # fmt: skip
+
+    def test_refused_first_reload_keeps_the_configured_origin(
+        self, model_file: tuple[pathlib.Path, str], tmp_path: pathlib.Path
+    ) -> None:
+        """With nothing serving, a refused reload leaves load() reading the configured origin."""
+        guard = make_guard(*model_file, CollectorRegistry())
+        configured = guard.origin
+        with pytest.raises(cr.IntegrityError):
+            guard.reload(path=tmp_path / "absent", sha256="0" * 64)
+        assert guard.origin is configured
+        assert total(guard.load()) == 64 * 64 + 64
+
+    def test_promoted_reload_becomes_the_origin(
+        self, model_file: tuple[pathlib.Path, str], tmp_path: pathlib.Path
+    ) -> None:
+        """A promoted version is what the next bare reload() reads (and refuses if tampered)."""
+        guard = make_guard(*model_file, CollectorRegistry())
+        guard.load()
+        new = tmp_path / "v2.safetensors"
+        new_digest = write(new, model_bytes(2.0))
+        guard.reload(path=new, sha256=new_digest)
+        new.write_bytes(model_bytes(3.0))
+        with pytest.raises(cr.ChecksumMismatchError) as info:
+            guard.reload()
+        assert info.value.path == str(new)
+
+    def test_new_file_without_size_does_not_inherit_the_old_size(
+        self, tmp_path: pathlib.Path, registry: CollectorRegistry
+    ) -> None:
+        """reload(path=, sha256=) of a file of another size loads: the old size is not checked."""
+        old = tmp_path / "v1.safetensors"
+        old_data = model_bytes(1.0, n=8)
+        guard = make_guard(old, write(old, old_data), registry, size=len(old_data))
+        guard.load()
+        new = tmp_path / "v2.safetensors"
+        new_data = model_bytes(2.0, n=16)
+        assert len(new_data) != len(old_data)
+        guard.reload(path=new, sha256=write(new, new_data))
+        assert guard.predict(total) == 2 * (16 * 16 + 16)
+        assert guard.origin.size is None  # type: ignore[attr-defined]
+        assert sample(registry, "model_integrity_failures_total", model="m",
+                      reason="size_mismatch") == 0.0  # fmt: skip
+
+    def test_new_digest_for_the_same_path_drops_the_old_size(self, tmp_path: pathlib.Path) -> None:
+        """A file rewritten with a new published digest and size loads with sha256= alone."""
+        path = tmp_path / "m.safetensors"
+        data = model_bytes(1.0, n=8)
+        guard = make_guard(path, write(path, data), CollectorRegistry(), size=len(data))
+        guard.load()
+        new_digest = write(path, model_bytes(2.0, n=16))
+        guard.reload(sha256=new_digest)
+        assert guard.predict(total) == 2 * (16 * 16 + 16)
+
+    def test_version_only_reload_keeps_the_pinned_size(
+        self, model_file: tuple[pathlib.Path, str], registry: CollectorRegistry
+    ) -> None:
+        """reload(version=) keeps path, digest and size: a grown file is refused for its size."""
+        path, digest = model_file
+        guard = make_guard(path, digest, registry, size=path.stat().st_size)
+        guard.load()
+        path.write_bytes(path.read_bytes() + b"\x00")
+        with pytest.raises(cr.SizeMismatchError):
+            guard.reload(version="v2")
+        assert guard.status()["version"] is None
+
+    def test_manifest_guard_reloads_another_entry(self, tmp_path: pathlib.Path) -> None:
+        """reload(entry=) on a manifest origin switches the entry instead of ignoring it."""
+        (tmp_path / "a.safetensors").write_bytes(model_bytes(1.0))
+        (tmp_path / "b.safetensors").write_bytes(model_bytes(2.0))
+        guard = cr.ModelGuard(
+            "m",
+            path=tmp_path,
+            manifest=cr.Manifest.build(tmp_path),
+            entry="a.safetensors",
+            loader=cr.loaders.safetensors,
+        )
+        assert total(guard.load()) == 64 * 64 + 64
+        assert total(guard.reload(entry="b.safetensors")) == 2 * (64 * 64 + 64)
+        assert total(asyncio.run(guard.reload_async(entry="a.safetensors"))) == 64 * 64 + 64
+        with pytest.raises(ValueError, match="entry="):
+            make_guard(tmp_path / "a.safetensors", "0" * 64, CollectorRegistry()).reload(
+                entry="b.safetensors"
+            )
+
+    def test_repr_names_the_origin_kind_not_its_path(
+        self, model_file: tuple[pathlib.Path, str]
+    ) -> None:
+        """repr shows state, origin kind, a digest prefix and the breaker; never the path."""
+        path, digest = model_file
+        guard = make_guard(path, digest, CollectorRegistry())
+        assert repr(guard) == (
+            f"<ModelGuard 'm' unavailable origin='file sha256={digest[:12]}' breaker='closed'>"
+        )
+        guard.load()
+        assert repr(guard).startswith("<ModelGuard 'm' ready ")
+        assert str(path) not in repr(guard)
+
+
+class TestLoadOutcomes:
+    def test_first_load_is_neither_promoted_nor_refused(
+        self,
+        model_file: tuple[pathlib.Path, str],
+        tmp_path: pathlib.Path,
+        events: list[Event],
+    ) -> None:
+        """Reload events are about replacing a serving model: a first load emits none."""
+        path, digest = model_file
+        failing = make_guard(tmp_path / "absent", digest, CollectorRegistry())
+        with pytest.raises(cr.IntegrityError):
+            failing.load()
+        make_guard(path, digest, CollectorRegistry()).load()
+        names = {e.name for e in events}
+        assert "clarity_resilience.reload_refused" not in names
+        assert "clarity_resilience.reload_promoted" not in names
+        assert "clarity_resilience.model_loaded" in names
+
+    def test_promotion_reports_old_and_new_digest_and_version(
+        self,
+        model_file: tuple[pathlib.Path, str],
+        tmp_path: pathlib.Path,
+        events: list[Event],
+    ) -> None:
+        """ReloadPromoted names the digest replaced, the new one and the new version."""
+        path, digest = model_file
+        guard = make_guard(path, digest, CollectorRegistry())
+        guard.load()
+        new = tmp_path / "v2.safetensors"
+        new_digest = write(new, model_bytes(2.0))
+        guard.reload(path=new, sha256=new_digest, version="v2")
+        promoted = [e for e in events if isinstance(e, cr.instrumentation.ReloadPromoted)]
+        assert [(e.old_sha256, e.new_sha256, e.version) for e in promoted] == [
+            (digest, new_digest, "v2")
+        ]
+
+    def test_success_clears_the_last_error(
+        self, model_file: tuple[pathlib.Path, str], registry: CollectorRegistry
+    ) -> None:
+        """A load that succeeds after a refusal reports no last error."""
+        path, digest = model_file
+        data = path.read_bytes()
+        path.write_bytes(b"tampered")
+        guard = make_guard(path, digest, registry)
+        with pytest.raises(cr.IntegrityError):
+            guard.load()
+        assert guard.status()["last_error"] == "checksum_mismatch"
+        path.write_bytes(data)
+        guard.load()
+        assert guard.status()["last_error"] is None
+        assert guard.ready
+
+    def test_loader_refusal_asks_for_a_quick_retry(
+        self, tmp_path: pathlib.Path, registry: CollectorRegistry
+    ) -> None:
+        """Nothing serving after a loader error: unavailable_retry_after, reason load_error."""
+        path = tmp_path / "junk.bin"
+        guard = make_guard(
+            path,
+            write(path, b"\x00" * 32),
+            registry,
+            unavailable_retry_after=7,
+            integrity_retry_after=70,
+        )
+        with pytest.raises(cr.ModelLoadError):
+            guard.load()
+        with pytest.raises(cr.ModelUnavailableError) as info:
+            _ = guard.model
+        assert (info.value.reason, info.value.retry_after) == (cr.Reason.LOAD_ERROR, 7.0)
+        assert isinstance(info.value.__cause__, cr.ModelLoadError)
+
+    def test_integrity_refusal_uses_the_configured_long_retry(
+        self, tmp_path: pathlib.Path
+    ) -> None:
+        """Nothing serving after a digest mismatch: integrity_retry_after is the hint."""
+        path = tmp_path / "m.bin"
+        path.write_bytes(b"x")
+        guard = make_guard(path, "0" * 64, CollectorRegistry(), integrity_retry_after=70)
+        with pytest.raises(cr.ChecksumMismatchError):
+            guard.load()
+        with pytest.raises(cr.ModelUnavailableError) as info:
+            guard.predict(total)
+        assert info.value.retry_after == 70.0
+
+    @pytest.mark.parametrize("name", ["", None, 3])
+    def test_name_must_be_a_non_empty_string(self, name: Any) -> None:
+        """The name is a metric label and a breaker name: it must be a non-empty str."""
+        with pytest.raises(ValueError, match="name must be a non-empty str"):
+            cr.ModelGuard(name, path="p", sha256="0" * 64)
+        with pytest.raises(ValueError, match="name must be a non-empty str"):  # own breaker
+            cr.ModelGuard(name, path="p", sha256="0" * 64, breaker=cr.Breaker("b"))
+
+    def test_a_new_guard_is_registered_before_any_load(
+        self, registry: CollectorRegistry, events: list[Event]
+    ) -> None:
+        """Construction emits model_registered, so alerts see the model from the start."""
+        cr.ModelGuard("m", path="p", sha256="0" * 64, registry=registry)
+        assert [e.name for e in events if isinstance(e, cr.instrumentation.ModelRegistered)] == [
+            "clarity_resilience.model_registered"
+        ]
+        assert sample(registry, "model_integrity_failures_total", model="m",
+                      reason="checksum_mismatch") == 0.0  # fmt: skip
+
+
+class TestPredictMore:
+    def test_arguments_reach_the_function(
+        self, model_file: tuple[pathlib.Path, str], registry: CollectorRegistry
+    ) -> None:
+        """predict and predict_async call fn(model, *args, **kwargs) with the serving model."""
+        guard = make_guard(*model_file, registry)
+        guard.load()
+
+        def scaled(model: dict[str, np.ndarray], a: float, *, b: float) -> float:
+            return total(model) * a + b
+
+        async def ascaled(model: dict[str, np.ndarray], a: float, *, b: float) -> float:
+            return scaled(model, a, b=b)
+
+        expected = (64 * 64 + 64) * 2.0 + 1.0
+        assert guard.predict(scaled, 2.0, b=1.0) == expected
+        assert asyncio.run(guard.predict_async(scaled, 2.0, b=1.0)) == expected
+        assert asyncio.run(guard.predict_async(ascaled, 2.0, b=1.0)) == expected
+
+    def test_timeout_is_counted_as_timeout(
+        self, model_file: tuple[pathlib.Path, str], registry: CollectorRegistry
+    ) -> None:
+        """A TimeoutError from fn is re-raised and counted under reason timeout."""
+        guard = make_guard(*model_file, registry)
+        guard.load()
+
+        def slow(model: object) -> None:
+            raise TimeoutError
+
+        with pytest.raises(TimeoutError):
+            guard.predict(slow)
+        assert sample(registry, "prediction_failure_total", model="m", reason="timeout") == 1.0
+        assert sample(registry, "prediction_failure_total", model="m", reason="internal") == 0.0
+
+    @pytest.mark.parametrize("kind", ["async-def", "plain", "plain-returning-awaitable"])
+    def test_async_bad_input_never_trips_the_breaker(
+        self,
+        model_file: tuple[pathlib.Path, str],
+        registry: CollectorRegistry,
+        kind: str,
+    ) -> None:
+        """predict_async maps a configured invalid_input type for every kind of function."""
+        guard = make_guard(
+            *model_file, registry, invalid_input=[ValueError], breaker=cr.Breaker("m", fail_max=2)
+        )
+        guard.load()
+
+        async def areject(model: object) -> None:
+            raise ValueError("NaN in features")
+
+        def reject(model: object) -> None:
+            raise ValueError("NaN in features")
+
+        def returns_awaitable(model: object) -> Any:
+            return areject(model)
+
+        fn = {
+            "async-def": areject,
+            "plain": reject,
+            "plain-returning-awaitable": returns_awaitable,
+        }
+
+        async def main() -> None:
+            for _ in range(5):
+                with pytest.raises(cr.InvalidInputError, match="NaN") as info:
+                    await guard.predict_async(fn[kind])
+                assert isinstance(info.value.__cause__, ValueError)
+
+        asyncio.run(main())
+        assert guard.breaker.state == "closed"
+        assert guard.breaker.fail_counter == 0
+        assert (
+            sample(registry, "prediction_failure_total", model="m", reason="invalid_input") == 5.0
+        )
+
+    def test_unconfigured_async_errors_do_trip_the_breaker(
+        self, model_file: tuple[pathlib.Path, str], registry: CollectorRegistry
+    ) -> None:
+        """An async fn raising a type not in invalid_input counts toward the breaker."""
+        guard = make_guard(
+            *model_file, registry, invalid_input=[KeyError], breaker=cr.Breaker("m", fail_max=2)
+        )
+        guard.load()
+
+        async def broken(model: object) -> None:
+            raise ValueError("kernel crashed")
+
+        async def main() -> None:
+            for _ in range(2):
+                with pytest.raises(ValueError, match="kernel"):
+                    await guard.predict_async(broken)
+
+        with time_machine.travel(T0, tick=False):
+            asyncio.run(main())
+            assert guard.breaker.state == "open"
+
+    def test_plain_function_returning_an_awaitable_is_awaited(
+        self, model_file: tuple[pathlib.Path, str], registry: CollectorRegistry
+    ) -> None:
+        """predict_async always returns the awaited result, as its type says."""
+        guard = make_guard(*model_file, registry)
+        guard.load()
+
+        async def later(model: dict[str, np.ndarray]) -> float:
+            return total(model)
+
+        def wrapper(model: dict[str, np.ndarray]) -> Any:
+            return later(model)
+
+        assert asyncio.run(guard.predict_async(wrapper)) == 64 * 64 + 64
