@@ -11,20 +11,15 @@ a loader.
 from __future__ import annotations
 
 import os
-import time
 import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
 from . import _bytesfill, _hashing
 from ._hashing import DEFAULT_MAX_SIZE, Opened
+from ._outcome import Attempt
 from ._reasons import Reason
 from .exceptions import IntegrityError
-from .instrumentation import (
-    Emitter,
-    IntegrityCheckFailed,
-    IntegrityCheckPassed,
-)
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -229,28 +224,14 @@ def _reported(
     read: Callable[[], bytes], name: str, model: str, registry: CollectorRegistry | None
 ) -> bytes:
     """Run a verified read and report its one outcome (event and metric)."""
-    emitter = Emitter(registry)
-    start = time.perf_counter()
+    attempt = Attempt(model, registry)
     try:
         data = read()
     except IntegrityError as e:
         _drop_frames(e)
-        emitter.emit(
-            IntegrityCheckFailed(
-                model=model,
-                path=name,
-                reason=e.reason,
-                error_type=type(e).__name__,
-                detail=str(e),
-                duration=time.perf_counter() - start,
-            )
-        )
+        attempt.check_failed(name, e)
         raise
-    emitter.emit(
-        IntegrityCheckPassed(
-            model=model, path=name, size=len(data), duration=time.perf_counter() - start
-        )
-    )
+    attempt.check_passed(name, len(data))
     return data
 
 

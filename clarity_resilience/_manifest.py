@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 import types
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Literal
@@ -35,9 +34,9 @@ from ._manifest_fs import (
     resolve,
     worker_pool,
 )
+from ._outcome import Attempt
 from ._reasons import Reason
 from .exceptions import IntegrityError, ManifestError
-from .instrumentation import Emitter, IntegrityCheckFailed, IntegrityCheckPassed
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -264,12 +263,8 @@ class Manifest:
             IntegrityError: As :func:`~clarity_resilience.read_verified`, or a symlinked
                 directory on the way.
         """
-        start = time.perf_counter()
-        try:
+        with Attempt(model, registry).checking(os.fspath(directory)):
             entry = self._entry(name)
-        except IntegrityError as e:
-            _emit_failures(Emitter(registry), model, os.fspath(directory), [e], start)
-            raise
         return read_verified_entry(
             os.fspath(directory),
             entry.path,
@@ -334,19 +329,15 @@ class Manifest:
                 first one's.
         """
         root = os.fspath(directory)
-        start = time.perf_counter()
+        attempt = Attempt(model, registry)
         problems, total = self._check(
             root, allow_extra, expected_version, exclude, workers, symlink_root=symlink_root
         )
-        emitter = Emitter(registry)
         if not problems:
-            emitter.emit(
-                IntegrityCheckPassed(
-                    model=model, path=root, size=total, duration=time.perf_counter() - start
-                )
-            )
+            attempt.check_passed(root, total)
             return
-        _emit_failures(emitter, model, root, problems, start)
+        for problem in problems:
+            attempt.check_failed(root, problem)
         if len(problems) == 1:
             raise problems[0]
         names = [os.path.relpath(p.path, root) if p.path else "manifest" for p in problems]
@@ -425,20 +416,3 @@ def _check_entry(
         return size, None
     except IntegrityError as e:
         return 0, e
-
-
-def _emit_failures(
-    emitter: Emitter, model: str, root: str, problems: list[IntegrityError], start: float
-) -> None:
-    duration = time.perf_counter() - start
-    for problem in problems:
-        emitter.emit(
-            IntegrityCheckFailed(
-                model=model,
-                path=problem.path or root,
-                reason=problem.reason,
-                error_type=type(problem).__name__,
-                detail=str(problem),
-                duration=duration,
-            )
-        )

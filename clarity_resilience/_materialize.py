@@ -27,7 +27,6 @@ import pathlib
 import shutil
 import stat
 import tempfile
-import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
@@ -36,9 +35,10 @@ from . import _hashing
 from ._files import Entries, select_entries
 from ._integrity import UNNAMED
 from ._manifest import Manifest, ManifestEntry
+from ._outcome import Attempt
 from ._reasons import Reason
 from .exceptions import IntegrityError
-from .instrumentation import Emitter, IntegrityCheckFailed, IntegrityCheckPassed
+from .instrumentation import Emitter
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -200,9 +200,9 @@ def _copy_all(job: _Job, manifest: Manifest, workers: int | None) -> None:
 
 
 def _copy_one(job: _Job, name: str, entry: ManifestEntry) -> None:
-    start = time.perf_counter()
+    attempt = Attempt(job.model, emitter=job.emitter)
     shown = os.path.join(job.source, *name.split("/"))
-    try:
+    with attempt.checking(shown):
         opened = _hashing.open_below(job.source, name, symlink_root=job.symlink_root)
         try:
             length = _hashing.check_size(opened, entry.size, None)
@@ -211,23 +211,7 @@ def _copy_one(job: _Job, name: str, entry: ManifestEntry) -> None:
         finally:
             opened.close()
         _hashing.compare(shown, actual, entry.sha256)
-    except IntegrityError as e:
-        job.emitter.emit(
-            IntegrityCheckFailed(
-                model=job.model,
-                path=e.path or shown,
-                reason=e.reason,
-                error_type=type(e).__name__,
-                detail=str(e),
-                duration=time.perf_counter() - start,
-            )
-        )
-        raise
-    job.emitter.emit(
-        IntegrityCheckPassed(
-            model=job.model, path=shown, size=length, duration=time.perf_counter() - start
-        )
-    )
+    attempt.check_passed(shown, length)
 
 
 def _copy_hashing(opened: _hashing.Opened, target: str, length: int) -> str:

@@ -274,8 +274,10 @@ class SourceOrigin:
                 return verified_copy(source.path)
             except IntegrityError:
                 # Reported by read_verified. The source is the truth, not the cache: drop
-                # the bad copy so fetch downloads afresh (without hashing it again).
-                source.evict()
+                # the bad copy so fetch downloads afresh (without hashing it again). A copy
+                # that cannot be dropped is a refusal of its own, reported here.
+                with Attempt(model, registry).checking(str(source.path)):
+                    source.evict()
         return verified_copy(source.fetch(model=model, registry=registry))
 
     def replaced(
