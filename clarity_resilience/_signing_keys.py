@@ -81,6 +81,9 @@ class KeyTrust(SignatureTrust):
                 key = serialization.load_pem_public_key(pem)
             except (ValueError, TypeError) as e:
                 raise refuse(f"the public key is not a PEM public key: {e}", None) from None
+        elif not hasattr(public_key, "public_bytes"):
+            kind = type(public_key).__name__
+            raise TypeError(f"public_key must be a path, PEM bytes or a public key, not {kind}")
         self._key = check_curve(key, "public key")
         self._signer = key_fingerprint(self._key)
         pem_spki = self._key.public_bytes(

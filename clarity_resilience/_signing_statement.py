@@ -114,7 +114,8 @@ def parse_statement(payload_type: str, payload: bytes, source: str | None) -> St
         raise refuse(f"payload type {excerpt(payload_type)} is not supported; {SUPPORTED}", source)
     data = load_json(payload, "signed statement", source)
     if data.get("_type") != IN_TOTO_STATEMENT_TYPE:
-        raise refuse(f"statement type {excerpt(data.get('_type'))} is not supported", source)
+        statement_type = excerpt(data.get("_type"))
+        raise refuse(f"statement type {statement_type} is not supported; {SUPPORTED}", source)
     predicate_type = data.get("predicateType")
     if predicate_type != PREDICATE_TYPE:
         raise refuse(
