@@ -22,6 +22,7 @@ from signing import (
     read_statement,
     require_model_signing,
     resign,
+    resign_raw,
     sign_with_certificate,
     sign_with_key,
 )
@@ -320,6 +321,21 @@ class TestRefuseSignature:
         resign(signature, key, edit_and_fix)
         assert says in str(refused(signature, public_key=key.public_pem))
 
+    def test_duplicate_key_in_signed_statement(
+        self, key: KeyPair, signature: pathlib.Path
+    ) -> None:
+        """A signed statement with a key twice is refused (readers could disagree on it)."""
+        payload = json.dumps(read_statement(signature))
+        doubled = '{"predicateType": "https://example.com/other", ' + payload[1:]
+        resign_raw(signature, key, doubled.encode())
+        assert "appears twice" in str(refused(signature, public_key=key.public_pem))
+
+    def test_duplicate_key_in_bundle(self, key: KeyPair, signature: pathlib.Path) -> None:
+        """A bundle with a key twice is refused, even when the last copy is the valid one."""
+        text = signature.read_text()
+        signature.write_text('{"dsseEnvelope": {}, ' + text.lstrip()[1:])
+        assert "appears twice" in str(refused(signature, public_key=key.public_pem))
+
     def test_subject_digest_out_of_step(self, key: KeyPair, signature: pathlib.Path) -> None:
         """A statement whose subject digest does not cover its resources is refused."""
 
@@ -428,12 +444,19 @@ class TestTrustArguments:
             public_key = tmp_path / public_key
         refused(signature, public_key=public_key)
 
-    def test_rsa_key(self, signature: pathlib.Path) -> None:
-        """An RSA key is refused: OMS key signatures are EC (P-256, P-384, P-521)."""
-        from cryptography.hazmat.primitives.asymmetric import rsa
+    @pytest.mark.parametrize("kind", ["rsa", "p224"])
+    def test_unsupported_key_type(self, kind: str) -> None:
+        """An RSA or P-224 key is refused when the trust is built (OMS: P-256/384/521)."""
+        from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-        rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        assert "P-256" in str(refused(signature, public_key=rsa_key.public_key()))
+        if kind == "rsa":
+            public = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+        else:
+            public = ec.generate_private_key(ec.SECP224R1()).public_key()
+        with pytest.raises(ManifestError) as caught:
+            signing_module.trust_from(public_key=public)  # type: ignore[arg-type]
+        assert caught.value.reason is Reason.SIGNATURE_INVALID
+        assert "P-256" in str(caught.value)
 
     def test_key_given_as_number(self, signature: pathlib.Path) -> None:
         """A key of a wrong type is a TypeError."""

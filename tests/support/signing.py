@@ -201,13 +201,20 @@ def resign(
     payload_type: str = PAYLOAD_TYPE,
 ) -> None:
     """Change the signed statement and sign it again, by hand, with ``key`` (trusted)."""
+
+    statement = read_statement(signature)
+    edit(statement)
+    resign_raw(signature, key, json.dumps(statement).encode(), payload_type)
+
+
+def resign_raw(
+    signature: pathlib.Path, key: KeyPair, payload: bytes, payload_type: str = PAYLOAD_TYPE
+) -> None:
+    """Replace the payload with ``payload`` (any bytes) signed, by hand, with ``key``."""
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
 
     bundle = json.loads(signature.read_text())
-    statement = read_statement(signature)
-    edit(statement)
-    payload = json.dumps(statement).encode()
     signed = key.private_key.sign(pae(payload, payload_type), ec.ECDSA(hashes.SHA256()))
     envelope = bundle["dsseEnvelope"]
     envelope["payload"] = base64.b64encode(payload).decode()
