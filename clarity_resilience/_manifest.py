@@ -193,7 +193,7 @@ class Manifest:
             issuer: The OIDC issuer that vouched for ``identity``.
 
         Returns:
-            A :class:`~clarity_resilience.SignedManifest`: its ``signer`` says who signed,
+            A ``SignedManifest`` (a :class:`Manifest`): its ``signer`` says who signed,
             its ``ignore_paths`` are never reported as extra files.
 
         Raises:

@@ -68,6 +68,16 @@ class SignedManifest(Manifest):
         """The relative paths the signature does not cover (never reported as extra)."""
         return self._ignore_paths
 
+    def __eq__(self, other: object) -> bool:
+        # Equal files signed by someone else, or ignoring other paths, are another trust.
+        if isinstance(other, SignedManifest) and (
+            self._signer != other._signer or self._ignore_paths != other._ignore_paths
+        ):
+            return False
+        return super().__eq__(other)
+
+    __hash__ = None
+
     def __repr__(self) -> str:
         return f"SignedManifest({len(self)} files, signer={self._signer!r})"
 

@@ -165,6 +165,24 @@ class TestAcceptKey:
         cr.Manifest.from_signature(signature, public_key=key.public_pem)
         assert capsys.readouterr().out == ""
 
+    def test_equality_includes_the_signer(
+        self,
+        model_dir: pathlib.Path,
+        key: KeyPair,
+        signature: pathlib.Path,
+        tmp_path: pathlib.Path,
+    ) -> None:
+        """The same files signed by another key make an unequal signed manifest."""
+        mine = cr.Manifest.from_signature(signature, public_key=key.public_pem)
+        other_key = new_key(tmp_path / "other")
+        other_signature = tmp_path / "other.sig"
+        sign_with_key(model_dir, other_key, other_signature, ignore=["model.sig"])
+        theirs = cr.Manifest.from_signature(other_signature, public_key=other_key.public_pem)
+        assert dict(mine.entries) == dict(theirs.entries)
+        assert mine != theirs
+        assert mine == cr.Manifest.from_signature(signature, public_key=key.public_pem)
+        assert mine == cr.Manifest(mine.entries.values())  # as a plain file list
+
     def test_repeated_verifications_share_one_trust(
         self, key: KeyPair, signature: pathlib.Path
     ) -> None:
@@ -578,6 +596,12 @@ class TestCertificate:
         signature = model_dir / "model.sig"
         sign_with_certificate(model_dir, pki, signature)
         refused(signature, certificate_chain=chain)
+
+    def test_certificate_bundle_is_not_key_signed(self, model_dir: pathlib.Path, pki: Pki) -> None:
+        """A certificate-signed bundle is refused by a key trust, even the leaf's own key."""
+        signature = model_dir / "model.sig"
+        sign_with_certificate(model_dir, pki, signature)
+        refused(signature, public_key=pki.leaf_key.public_pem)
 
     def test_key_signed_bundle_is_not_certificate_signed(
         self, pki: Pki, signature: pathlib.Path
