@@ -8,6 +8,8 @@ import json
 import os
 import pathlib
 import socket
+import subprocess
+import sys
 from typing import Any, ClassVar
 
 import pytest
@@ -664,6 +666,26 @@ class TestSigstoreKeyless:
         """An empty identity or issuer is a TypeError."""
         with pytest.raises(TypeError):
             signing_module.trust_from(identity="", issuer="https://accounts.example.com")
+
+
+class TestImports:
+    def test_import_loads_no_signing_library(self) -> None:
+        """Importing the package (or the adapter) imports no model_signing, sigstore or OpenSSL."""
+        code = (
+            "import sys, clarity_resilience, clarity_resilience._signing\n"
+            "heavy = ('model_signing', 'sigstore', 'sigstore_models', 'OpenSSL', 'cryptography')\n"
+            "print(sorted(m for m in heavy if m in sys.modules))\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=os.environ.copy(),
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "[]"
 
 
 class TestReason:
