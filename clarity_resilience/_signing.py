@@ -23,7 +23,7 @@ from ._hashing import read_small
 from ._manifest import Manifest, ManifestEntry
 from ._manifest_format import normalize_path
 from ._reasons import Reason
-from ._signing_statement import parse_statement, refuse
+from ._signing_statement import load_json, parse_statement, refuse
 from .exceptions import IntegrityError, ManifestError
 
 if TYPE_CHECKING:
@@ -136,6 +136,8 @@ def trust_from(
     given = [public_key is not None, certificate_chain is not None, identity is not None]
     if sum(given) != 1:
         raise TypeError("give exactly one of public_key=, certificate_chain= or identity=")
+    if (identity is None) != (issuer is None):
+        raise TypeError("identity= and issuer= go together (Sigstore keyless signing)")
     if public_key is not None:
         from ._signing_keys import KeyTrust
 
@@ -167,6 +169,7 @@ class SigstoreTrust(SignatureTrust):
 
     def _authenticate(self, raw: bytes, source: str) -> tuple[str, bytes, str]:
         models = _import("sigstore.models")
+        load_json(raw, "bundle", source)  # the same JSON rules as the other bundles
         try:
             bundle = models.Bundle.from_json(raw)
         except Exception as e:  # noqa: BLE001  # sigstore raises many types for a bad bundle

@@ -442,6 +442,7 @@ class TestTrustArguments:
             pytest.param({"public_key": b"k", "certificate_chain": b"c"}, id="two"),
             pytest.param({"identity": "me@example.com"}, id="identity-without-issuer"),
             pytest.param({"issuer": "https://issuer"}, id="issuer-alone"),
+            pytest.param({"public_key": b"k", "issuer": "https://issuer"}, id="key-and-issuer"),
         ],
     )
     def test_exactly_one_trust_root(self, signature: pathlib.Path, kwargs: Any) -> None:
