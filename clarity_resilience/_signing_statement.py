@@ -146,6 +146,13 @@ def _resources(resources: list[Any], source: str | None) -> Iterator[tuple[str, 
         if not isinstance(resource, dict):
             raise refuse("every resource must be a JSON object", source)
         name = resource.get("name")
+        if name == ".":
+            # model_signing names the only resource "." when it signs one file, not a directory.
+            raise refuse(
+                "it signs a single file (resource '.'), not a directory; sign the model's "
+                "directory, or pin the file's sha256",
+                source,
+            )
         algorithm = resource.get("algorithm")
         if algorithm != "sha256":
             problem = f"resource {excerpt(name)} uses algorithm {excerpt(algorithm)}; {SUPPORTED}"

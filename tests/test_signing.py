@@ -296,6 +296,15 @@ class TestRefuseSignature:
         error = refused(signature, public_key=key.public_pem)
         assert "resource" in str(error)
 
+    def test_single_file_signature(
+        self, model_dir: pathlib.Path, key: KeyPair, tmp_path: pathlib.Path
+    ) -> None:
+        """A signature of one file (not a directory) is refused with a message saying so."""
+        signature = tmp_path / "single.sig"
+        sign_with_key(model_dir / "config.json", key, signature)
+        assert read_statement(signature)["predicate"]["resources"][0]["name"] == "."
+        assert "single file" in str(refused(signature, public_key=key.public_pem))
+
     @pytest.mark.parametrize("name", ["../model.sig", "/etc"])
     def test_unsafe_ignore_path(self, key: KeyPair, signature: pathlib.Path, name: str) -> None:
         """A validly signed ignore path outside the directory is refused."""
