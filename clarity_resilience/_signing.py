@@ -19,7 +19,7 @@ import threading
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from ._hashing import read_small
+from ._hashing import open_regular, read_small
 from ._manifest import Manifest, ManifestEntry
 from ._manifest_format import normalize_path
 from ._reasons import Reason
@@ -220,12 +220,37 @@ def _read(source: str, max_size: int, what: str) -> bytes:
         raise refuse(f"the {what} file cannot be used: {e}", source) from e
 
 
+def _read_trust_file(path: str, what: str) -> bytes:
+    """Read a key or certificate file: bounded, never blocking, a regular file.
+
+    Unlike a signature, it may be a symlink: configuration mounts (Kubernetes
+    ConfigMaps and Secrets) are symlinks, and the trust root is configuration.
+    """
+    try:
+        opened = open_regular(path, follow=True)
+    except IntegrityError as e:
+        raise refuse(f"the {what} file cannot be used: {e}", None) from e
+    chunks: list[bytes] = []
+    total = 0
+    try:
+        while chunk := os.read(opened.fd, _MAX_PEM_SIZE + 1 - total):
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > _MAX_PEM_SIZE:
+                raise refuse(f"the {what} file {path} is larger than {_MAX_PEM_SIZE} bytes", None)
+    except OSError as e:
+        raise refuse(f"the {what} file {path} cannot be read: {e.strerror}", None) from e
+    finally:
+        opened.close()
+    return b"".join(chunks)
+
+
 def read_pem(value: PemSource, what: str) -> bytes:
     """Return PEM bytes given as such or named by a path."""
     if isinstance(value, bytes):
         return value
     if isinstance(value, str | os.PathLike):
-        return _read(os.fspath(value), _MAX_PEM_SIZE, what)
+        return _read_trust_file(os.fspath(value), what)
     raise TypeError(f"{what} must be a path or PEM bytes, not {type(value).__name__}")
 
 

@@ -474,6 +474,29 @@ class TestTrustArguments:
             public_key = tmp_path / public_key
         refused(signature, public_key=public_key)
 
+    def test_symlinked_key_file(
+        self, key: KeyPair, signature: pathlib.Path, tmp_path: pathlib.Path
+    ) -> None:
+        """A key file reached through a symlink (a Kubernetes ConfigMap mount) is accepted."""
+        link = tmp_path / "mounted.pub"
+        link.symlink_to(key.public_pem)
+        manifest = cr.Manifest.from_signature(signature, public_key=link)
+        assert manifest.signer == der_fingerprint(key)
+
+    @pytest.mark.parametrize("kind", ["fifo", "directory", "missing", "oversize"])
+    def test_unusable_key_file(
+        self, signature: pathlib.Path, tmp_path: pathlib.Path, kind: str
+    ) -> None:
+        """A key path that is a FIFO, a directory, absent or huge is refused at once."""
+        path = tmp_path / "key.pub"
+        if kind == "fifo":
+            os.mkfifo(path)
+        elif kind == "directory":
+            path.mkdir()
+        elif kind == "oversize":
+            path.write_bytes(b"x" * (1024 * 1024 + 1))
+        refused(signature, public_key=path)
+
     @pytest.mark.parametrize("kind", ["rsa", "p224"])
     def test_unsupported_key_type(self, kind: str) -> None:
         """An RSA or P-224 key is refused when the trust is built (OMS: P-256/384/521)."""
