@@ -741,6 +741,18 @@ class TestReason:
         )
         assert value == 0.0
 
+    def test_refusal_answers_integrity_failure_without_details(
+        self, signature: pathlib.Path, tmp_path: pathlib.Path
+    ) -> None:
+        """A refused signature is HTTP 503 integrity_failure; the body names no path or signer."""
+        from clarity_resilience.degradation import problem_for
+
+        other = new_key(tmp_path / "other")
+        problem = problem_for(refused(signature, public_key=other.public_pem))
+        assert problem is not None
+        assert (problem.status, problem.reason) == (503, "integrity_failure")
+        assert str(signature) not in problem.body().decode()
+
     def test_payload_is_base64_of_the_statement(self, signature: pathlib.Path) -> None:
         """The harness reads the statement model_signing wrote (sanity for the helpers)."""
         bundle = json.loads(signature.read_text())
