@@ -39,7 +39,10 @@ from ._reasons import Reason
 from .exceptions import IntegrityError, ManifestError
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
     from prometheus_client import CollectorRegistry
+
+    from ._signing import PemSource, SignedManifest
 
 __all__ = ["Manifest", "ManifestEntry", "ManifestFormat"]
 
@@ -163,6 +166,53 @@ class Manifest:
         """
         name = os.fspath(path)
         return cls.parse(read_manifest_text(name), source=name)
+
+    @classmethod
+    def from_signature(
+        cls,
+        signature: str | os.PathLike[str],
+        *,
+        public_key: PemSource | ec.EllipticCurvePublicKey | None = None,
+        certificate_chain: PemSource | Iterable[PemSource] | None = None,
+        identity: str | None = None,
+        issuer: str | None = None,
+    ) -> SignedManifest:
+        """Authenticate an OMS signature (``model.sig``) and return the manifest it signs.
+
+        The signature is checked against the one trust root given; the model files
+        are not read (check them with :meth:`verify` or :meth:`read_entry`). Needs
+        the ``signing`` extra (``model-signing`` 1.1.x).
+
+        Args:
+            signature: The signature file (a Sigstore bundle), as ``model_signing`` writes.
+            public_key: The signer's EC public key: a PEM file path, PEM bytes or a key.
+            certificate_chain: The root (and intermediate) certificates the signing
+                certificate must chain to: PEM file paths or PEM bytes, one or several.
+            identity: The Sigstore keyless signer identity (needs ``issuer``; online).
+            issuer: The OIDC issuer that vouched for ``identity``.
+
+        Returns:
+            A ``SignedManifest`` (a :class:`Manifest`): its ``signer`` says who signed,
+            its ``ignore_paths`` are never reported as extra files.
+
+        Raises:
+            TypeError: Not exactly one of ``public_key``, ``certificate_chain``, or
+                ``identity`` with ``issuer``.
+            ManifestError: The signature file is missing (``MISSING``); or it is not
+                a regular file, too large, malformed, not signed by the trusted signer,
+                edited, of an unsupported type or method, or names an unsafe path
+                (``SIGNATURE_INVALID``); or Sigstore's trusted root cannot be fetched
+                (``FETCH_ERROR``).
+        """
+        from ._signing import trust_from
+
+        trust = trust_from(
+            public_key=public_key,
+            certificate_chain=certificate_chain,
+            identity=identity,
+            issuer=issuer,
+        )
+        return trust.verify(signature)
 
     @classmethod
     def build(

@@ -26,6 +26,7 @@ class Reason(enum.StrEnum):
     UNSAFE_PATH = "unsafe_path"
     MANIFEST_INVALID = "manifest_invalid"
     VERSION_MISMATCH = "version_mismatch"
+    SIGNATURE_INVALID = "signature_invalid"
     IO_ERROR = "io_error"
     FETCH_ERROR = "fetch_error"
     TIMEOUT = "timeout"
@@ -47,6 +48,7 @@ INTEGRITY_REASONS: tuple[Reason, ...] = (
     Reason.UNSAFE_PATH,
     Reason.MANIFEST_INVALID,
     Reason.VERSION_MISMATCH,
+    Reason.SIGNATURE_INVALID,
     Reason.IO_ERROR,
     Reason.FETCH_ERROR,
     Reason.TIMEOUT,
