@@ -59,6 +59,9 @@ _TRIAL_IN_FLIGHT_RETRY_AFTER = 1.0
 _STORAGE_RETRY_SECONDS = 1.0
 
 _log = logging.getLogger("clarity_resilience")
+# time.time() and pybreaker's datetime.now(UTC) are the same clock (time-machine moves
+# both); looked up once, as the rejection path reads it on every call.
+_now = time.time
 
 
 class _RecordedFailure(Exception):
@@ -320,10 +323,17 @@ class Breaker:
             return False  # the hot path: no lock, nothing to record
         if state == OPEN and seen == OPEN:
             # Open, and the opening already reported: until the timeout has passed
-            # nothing can change, so reject without taking the lock.
-            remaining = self._open_remaining()
+            # nothing can change, so reject without taking the lock. (The hot path of
+            # an outage: inlined, and the same opening recognised by identity.)
+            cached_at, deadline = self._deadline
+            if cached_at is not None and cached_at is self._storage.opened_at:
+                remaining = deadline - _now()
+            else:
+                remaining = self._open_remaining()
             if remaining > 0:
-                self._reject(OPEN, remaining)
+                # The emitter builds the CallRejected event only for a hook that needs it.
+                self._emitter.rejected(self.name, OPEN, remaining, next(self._rejections))
+                raise CircuitOpenError(self.name, remaining)
         rejected: tuple[str, float] | None = None
         with self._lock:
             state = self._observe()
@@ -460,7 +470,7 @@ class Breaker:
             self._deadline = (opened_at, deadline)
         # time.time() and pybreaker's datetime.now(UTC) are the same clock (time-machine
         # moves both); a float subtraction is cheaper than datetime arithmetic per call.
-        return deadline - time.time()
+        return deadline - _now()
 
 
 class _Guard:

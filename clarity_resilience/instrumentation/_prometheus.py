@@ -195,6 +195,7 @@ class PrometheusHook:
 
     def __init__(self, metrics: _Metrics) -> None:
         self._m = metrics
+        self._rejection_children = metrics._rejection_children
         # Dispatch on the event's exact type: a dict lookup instead of trying the cases
         # of a match statement in turn on every event (rejections came third).
         self._handlers: dict[type[Event], Callable[[Any], None]] = {
@@ -236,8 +237,7 @@ class PrometheusHook:
 
     def on_rejection(self, breaker: str, state: str, retry_after: float, count: int) -> None:
         """Count a rejection without an event object (the emitter's fast path)."""
-        children = self._m._rejection_children
-        child = children.get(breaker)
+        child = self._rejection_children.get(breaker)
         if child is None:
             child = self._m.rejections_of(breaker)
         child.inc()
