@@ -15,9 +15,9 @@ import pybreaker
 import pytest
 import redis
 import time_machine
+from prometheus_client import CollectorRegistry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from prometheus_client import CollectorRegistry
 
 from clarity_resilience import Breaker, CircuitOpenError
 from clarity_resilience.instrumentation import BreakerStorageFailed, Event
