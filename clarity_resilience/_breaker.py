@@ -20,9 +20,9 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from datetime import datetime
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar, overload
 
+from ._breaker_guard import BreakerGuard, sync_shielded
 from .exceptions import CircuitOpenError, InvalidInputError
 from .instrumentation import (
     BreakerRegistered,
@@ -271,20 +271,20 @@ class Breaker:
         except BaseException as exc:
             self._record_error(exc, trial)
             if shared is not None and shared.has_pending:
-                await _sync_shielded(shared)
+                await sync_shielded(shared)
             raise
         self._record_success(trial)
         if shared is not None and shared.has_pending:
             await shared.sync_async()
         return result
 
-    def guard(self) -> _Guard:
+    def guard(self) -> BreakerGuard:
         """Return a context manager for ``with`` and ``async with`` blocks.
 
         The block is admitted on entry (raising :class:`CircuitOpenError` if rejected)
         and its outcome recorded on exit.
         """
-        return _Guard(self)
+        return BreakerGuard(self)
 
     @overload
     def __call__(
@@ -471,61 +471,6 @@ class Breaker:
         # time.time() and pybreaker's datetime.now(UTC) are the same clock (time-machine
         # moves both); a float subtraction is cheaper than datetime arithmetic per call.
         return deadline - _now()
-
-
-class _Guard:
-    """``with breaker.guard():`` and ``async with breaker.guard():``."""
-
-    __slots__ = ("_breaker", "_trial")
-
-    def __init__(self, breaker: Breaker) -> None:
-        self._breaker = breaker
-        self._trial = False
-
-    def __enter__(self) -> None:
-        shared = self._breaker._shared
-        if shared is not None:
-            shared.sync()
-        self._trial = self._breaker._admit()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._record(exc)
-        shared = self._breaker._shared
-        if shared is not None and shared.has_pending:
-            shared.sync()
-
-    def _record(self, exc: BaseException | None) -> None:
-        if exc is None:
-            self._breaker._record_success(self._trial)
-        else:
-            self._breaker._record_error(exc, self._trial)
-
-    async def __aenter__(self) -> None:
-        shared = self._breaker._shared
-        if shared is not None:
-            await shared.sync_async()
-        self._trial = self._breaker._admit()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._record(exc)
-        shared = self._breaker._shared
-        if shared is not None and shared.has_pending:
-            await _sync_shielded(shared)
-
-
-async def _sync_shielded(shared: SharedStorage) -> None:
-    """Send an outcome's writes even while the task is being cancelled."""
-    await asyncio.shield(shared.sync_async())
 
 
 def _check_positive_seconds(name: str, value: object) -> None:
