@@ -265,7 +265,9 @@ class TestUnreachableRedis:
         with time_machine.travel(T0, tick=False) as clock:
             breaker = make_breaker(client, registry)
             other = Breaker(
-                "m", storage=pybreaker.CircuitRedisStorage("closed", real, namespace="m")
+                "m",
+                storage=pybreaker.CircuitRedisStorage("closed", real, namespace="m"),
+                registry=CollectorRegistry(),
             )
             client.target = refusing_client(tmp_path)
             assert breaker.call(lambda: 1) == 1  # fails: the storage is paused

@@ -496,3 +496,23 @@ class TestModuleStructure:
         cyclic = sorted(module for module in graph if reaches(module, module, set()))
         assert cyclic == []
         assert "_prometheus" in graph["_hooks"]  # the graph was read
+
+
+class TestRejectionDelivery:
+    def test_user_hooks_get_every_rejection_event(
+        self, registry: CollectorRegistry, clock: time_machine.Traveller
+    ) -> None:
+        """Beside the built-in fast paths, a user hook receives each rejection as an event."""
+        breaker = Breaker("b", fail_max=1, registry=registry)
+        with pytest.raises(RuntimeError):
+            breaker.call(boom)
+        with capture_events(keep_hooks=True) as events, structlog.testing.capture_logs() as logs:
+            for _ in range(12):
+                with pytest.raises(CircuitOpenError):
+                    breaker.call(lambda: None)
+        rejected = [e for e in events if isinstance(e, CallRejected)]
+        assert [e.rejected_since_open for e in rejected] == list(range(1, 13))
+        assert {(e.breaker, e.state) for e in rejected} == {("b", "open")}
+        assert sample(registry, "circuit_breaker_rejections_total", breaker="b") == 12.0
+        logged = [e["rejected_since_open"] for e in logs if e["event"].endswith("call_rejected")]
+        assert logged == [1, 10]
