@@ -8,9 +8,10 @@ configured like a service: level filter INFO, ISO timestamps, JSON lines written
 (a) closed: per-call time of ``Breaker.call(trivial)`` against
     ``pybreaker.CircuitBreaker.call(trivial)``, and both net of the bare ``trivial()``
     call. Target: ratio <= 1.0.
-(b) open: per-call time of a rejection (``CircuitOpenError``, which emits one
-    ``CallRejected`` event: a counter increment and a JSON warning line) against
-    pybreaker's ``CircuitBreakerError`` (open, timeout not elapsed). Target: <= 1.0.
+(b) open: per-call time of a rejection (``CircuitOpenError``, which reaches every hook:
+    a counter increment, and the sampled JSON warning line; the ``CallRejected`` object is
+    built only for a hook that needs it) against pybreaker's ``CircuitBreakerError``
+    (open, timeout not elapsed). Target: <= 1.0.
     Also reported: that JSON line alone, logged straight through a bound logger (the
     floor of the audit promise under this configuration), and our rejection net of it.
 (c) async: ``await Breaker.call_async(trivial_coroutine)`` against pybreaker's ``call``

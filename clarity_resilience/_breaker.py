@@ -10,23 +10,32 @@ transitions and the storage (memory or Redis) stay pybreaker's.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import inspect
 import itertools
+import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from datetime import datetime
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar, overload
 
+from ._breaker_guard import BreakerGuard, sync_shielded
 from .exceptions import CircuitOpenError, InvalidInputError
-from .instrumentation import BreakerRegistered, BreakerStateChanged, CallRejected, Emitter
+from .instrumentation import (
+    BreakerRegistered,
+    BreakerStateChanged,
+    BreakerStorageFailed,
+    Emitter,
+)
 
 if TYPE_CHECKING:
     import pybreaker
     from prometheus_client import CollectorRegistry
+
+    from ._breaker_storage import SharedStorage
 
 __all__ = ["Breaker", "ExcludeSpec"]
 
@@ -37,6 +46,7 @@ T = TypeVar("T")
 CLOSED = "closed"
 OPEN = "open"
 HALF_OPEN = "half-open"
+STATES = frozenset({CLOSED, OPEN, HALF_OPEN})
 
 #: An exception type, or a predicate on an exception, whose occurrences are ignored.
 ExcludeSpec = type[BaseException] | Callable[[BaseException], bool]
@@ -44,6 +54,14 @@ ExcludeSpec = type[BaseException] | Callable[[BaseException], bool]
 # While the half-open trial runs, nobody knows when the next trial will be: ask callers
 # to come back soon; if the trial fails they are told the full reset timeout then.
 _TRIAL_IN_FLIGHT_RETRY_AFTER = 1.0
+# After a shared storage failed or timed out, it is left alone for this long (the
+# breaker goes on from the state it last read).
+_STORAGE_RETRY_SECONDS = 1.0
+
+_log = logging.getLogger("clarity_resilience")
+# time.time() and pybreaker's datetime.now(UTC) are the same clock (time-machine moves
+# both); looked up once, as the rejection path reads it on every call.
+_now = time.time
 
 
 class _RecordedFailure(Exception):
@@ -68,8 +86,10 @@ class Breaker:
     Failures are exceptions. *Ignored* outcomes neither count as failures nor reset the
     count nor close a half-open breaker: :class:`InvalidInputError` (client faults),
     anything matched by ``exclude``, and ``BaseException`` that is not an ``Exception``
-    (``asyncio.CancelledError``, ``KeyboardInterrupt``). The call that trips the breaker
-    re-raises its own exception; later calls raise :class:`CircuitOpenError`.
+    (``asyncio.CancelledError``, ``KeyboardInterrupt``). An ``exclude`` predicate that
+    raises does not match: the call counts as a failure, and the predicate's error is
+    logged once per breaker and predicate. The call that trips the breaker re-raises its
+    own exception; later calls raise :class:`CircuitOpenError`.
 
     Args:
         name: The breaker's name, used as the ``breaker`` metric label.
@@ -79,7 +99,13 @@ class Breaker:
         exclude: Exception types or predicates whose outcomes are ignored.
         storage: A pybreaker storage (e.g. ``pybreaker.CircuitRedisStorage``) to share
             state between processes; in memory by default. Half-open permits are
-            counted per process.
+            counted per process. A given storage is never called under a lock or on
+            the event loop: see ``storage_timeout``.
+        storage_timeout: Seconds a call waits for one exchange with ``storage`` (the
+            queued writes and a read of the state, on a worker thread). On a timeout
+            or error the failure is reported (``BreakerStorageFailed``), the breaker
+            goes on from the state it last read, and the storage is left alone for a
+            second.
         registry: The Prometheus registry to record into (default registry if None).
 
     Raises:
@@ -95,16 +121,15 @@ class Breaker:
         half_open_permits: int = 1,
         exclude: Iterable[ExcludeSpec] = (),
         storage: pybreaker.CircuitBreakerStorage | None = None,
+        storage_timeout: float = 0.25,
         registry: CollectorRegistry | None = None,
     ) -> None:
         if not name or not isinstance(name, str):
             raise ValueError(f"name must be a non-empty str, got {name!r}")
         _check_positive_int("fail_max", fail_max)
         _check_positive_int("half_open_permits", half_open_permits)
-        if isinstance(reset_timeout, bool) or not isinstance(reset_timeout, int | float):
-            raise TypeError(f"reset_timeout must be a positive number, got {reset_timeout!r}")
-        if not reset_timeout > 0 or reset_timeout == float("inf"):
-            raise ValueError(f"reset_timeout must be a positive number, got {reset_timeout!r}")
+        _check_positive_seconds("reset_timeout", reset_timeout)
+        _check_positive_seconds("storage_timeout", storage_timeout)
         excluded = tuple(exclude)
         for spec in excluded:
             if not (isinstance(spec, type) and issubclass(spec, BaseException)) and not callable(
@@ -120,7 +145,24 @@ class Breaker:
             *(s for s in excluded if isinstance(s, type)),
         )
         self._predicates = tuple(s for s in excluded if not isinstance(s, type))
-        self._storage = storage or pybreaker.CircuitMemoryStorage(CLOSED)
+        self._broken_predicates: set[int] = set()
+        self._emitter = Emitter(registry)
+        self._shared: SharedStorage | None = None
+        self._storage: pybreaker.CircuitBreakerStorage
+        if storage is None:
+            self._storage = pybreaker.CircuitMemoryStorage(CLOSED)
+        else:
+            from ._breaker_storage import SharedStorage
+
+            self._shared = SharedStorage(
+                storage,
+                name=name,
+                timeout=float(storage_timeout),
+                retry_interval=_STORAGE_RETRY_SECONDS,
+                report=self._storage_failed,
+            )
+            self._shared.sync()  # the shared state, before pybreaker reads it
+            self._storage = self._shared
         self._cb = pybreaker.CircuitBreaker(
             fail_max=fail_max,
             reset_timeout=reset_timeout,
@@ -134,7 +176,6 @@ class Breaker:
         self._trials = 0
         # Rejections since the last transition (next() on a count is atomic in CPython).
         self._rejections = itertools.count(1)
-        self._emitter = Emitter(registry)
         self._seen = self._storage.state
         self._emitter.emit(BreakerRegistered(breaker=name, state=self._seen))
 
@@ -153,6 +194,7 @@ class Breaker:
     @property
     def fail_counter(self) -> int:
         """Return the current count of consecutive failures."""
+        self._refresh()
         return int(self._storage.counter)
 
     @property
@@ -160,8 +202,11 @@ class Breaker:
         """Return ``"closed"``, ``"open"`` or ``"half-open"``.
 
         An open breaker whose timeout has passed reports ``"half-open"``: the next call
-        is a trial, even if no call has arrived yet to make the transition.
+        is a trial, even if no call has arrived yet to make the transition. With a
+        shared ``storage`` it is read afresh (bounded by ``storage_timeout``), except
+        on an event loop's thread, where the state last read is returned.
         """
+        self._refresh()
         state = str(self._storage.state)
         if state == OPEN and self._open_remaining() <= 0:
             return HALF_OPEN
@@ -169,6 +214,7 @@ class Breaker:
 
     def retry_after(self) -> float:
         """Return the seconds until this breaker would admit a call (0.0 if it would now)."""
+        self._refresh()
         state = self._storage.state
         if state == OPEN:
             return max(0.0, self._open_remaining())
@@ -186,11 +232,16 @@ class Breaker:
             TypeError: ``fn`` returned a coroutine; use :meth:`call_async`.
             BaseException: Whatever ``fn`` raised, after recording the outcome.
         """
+        shared = self._shared
+        if shared is not None:
+            shared.sync()
         trial = self._admit()
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
             self._record_error(exc, trial)
+            if shared is not None and shared.has_pending:
+                shared.sync()
             raise
         if inspect.isawaitable(result):
             self._release(trial)
@@ -198,6 +249,8 @@ class Breaker:
                 result.close()
             raise TypeError(f"{fn!r} returned an awaitable; use Breaker.call_async")
         self._record_success(trial)
+        if shared is not None and shared.has_pending:
+            shared.sync()
         return result
 
     async def call_async(
@@ -206,24 +259,32 @@ class Breaker:
         """Await ``fn(*args, **kwargs)`` under the breaker and return its result.
 
         Cancellation is ignored: it releases a half-open permit without closing the
-        breaker and does not count as a failure.
+        breaker and does not count as a failure. A shared ``storage`` is exchanged with
+        on a worker thread (awaited, never blocking the event loop).
         """
+        shared = self._shared
+        if shared is not None:
+            await shared.sync_async()
         trial = self._admit()
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:
             self._record_error(exc, trial)
+            if shared is not None and shared.has_pending:
+                await sync_shielded(shared)
             raise
         self._record_success(trial)
+        if shared is not None and shared.has_pending:
+            await shared.sync_async()
         return result
 
-    def guard(self) -> _Guard:
+    def guard(self) -> BreakerGuard:
         """Return a context manager for ``with`` and ``async with`` blocks.
 
         The block is admitted on entry (raising :class:`CircuitOpenError` if rejected)
         and its outcome recorded on exit.
         """
-        return _Guard(self)
+        return BreakerGuard(self)
 
     @overload
     def __call__(
@@ -262,10 +323,17 @@ class Breaker:
             return False  # the hot path: no lock, nothing to record
         if state == OPEN and seen == OPEN:
             # Open, and the opening already reported: until the timeout has passed
-            # nothing can change, so reject without taking the lock.
-            remaining = self._open_remaining()
+            # nothing can change, so reject without taking the lock. (The hot path of
+            # an outage: inlined, and the same opening recognised by identity.)
+            cached_at, deadline = self._deadline
+            if cached_at is not None and cached_at is self._storage.opened_at:
+                remaining = deadline - _now()
+            else:
+                remaining = self._open_remaining()
             if remaining > 0:
-                self._reject(OPEN, remaining)
+                # The emitter builds the CallRejected event only for a hook that needs it.
+                self._emitter.rejected(self.name, OPEN, remaining, next(self._rejections))
+                raise CircuitOpenError(self.name, remaining)
         rejected: tuple[str, float] | None = None
         with self._lock:
             state = self._observe()
@@ -287,23 +355,46 @@ class Breaker:
 
     def _reject(self, state: str, retry_after: float) -> NoReturn:
         """Report a rejection (outside the lock) and raise :class:`CircuitOpenError`."""
-        self._emitter.emit(
-            CallRejected(
-                breaker=self.name,
-                state=state,
-                retry_after=retry_after,
-                rejected_since_open=next(self._rejections),
-            )
-        )
+        # The emitter builds the CallRejected event only for a hook that needs one.
+        self._emitter.rejected(self.name, state, retry_after, next(self._rejections))
         raise CircuitOpenError(self.name, retry_after)
 
     def _is_ignored(self, exc: BaseException) -> bool:
         if not isinstance(exc, Exception) or isinstance(exc, self._ignored_types):
             return True
-        return any(predicate(exc) for predicate in self._predicates)
+        for predicate in self._predicates:
+            try:
+                if predicate(exc):
+                    return True
+            except Exception:  # noqa: BLE001 - a broken predicate must not break the breaker
+                # Fail closed: an outcome nobody could classify is a failure.
+                self._predicate_failed(predicate, exc)
+                return False
+        return False
+
+    def _predicate_failed(self, predicate: object, exc: BaseException) -> None:
+        """Log a raising ``exclude`` predicate, once per breaker and predicate."""
+        key = id(predicate)
+        with self._lock:
+            if key in self._broken_predicates:
+                return
+            self._broken_predicates.add(key)
+        _log.error(
+            "exclude predicate %r of breaker %r raised on %s; the call counts as a failure "
+            "(further errors from this predicate are not logged)",
+            predicate,
+            self.name,
+            type(exc).__name__,
+            exc_info=True,
+        )
 
     def _record_error(self, exc: BaseException, trial: bool) -> None:
-        if self._is_ignored(exc):
+        try:
+            ignored = self._is_ignored(exc)
+        except BaseException:
+            self._release(trial)  # an interrupt in a predicate still frees the permit
+            raise
+        if ignored:
             self._release(trial)
             return
         with self._lock:
@@ -332,9 +423,28 @@ class Breaker:
             with self._lock:
                 self._trials -= 1
 
+    def _refresh(self) -> None:
+        """Read a shared storage afresh, unless on an event loop's thread."""
+        shared = self._shared
+        if shared is None:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            shared.sync()
+
+    def _storage_failed(self, problem: str, error_type: str, detail: str) -> None:
+        self._emitter.emit(
+            BreakerStorageFailed(
+                breaker=self.name, problem=problem, error_type=error_type, detail=detail
+            )
+        )
+
     def _observe(self) -> str:
         """Return the stored state, emitting a transition if it changed (lock held)."""
         state = str(self._storage.state)
+        if state not in STATES:  # only a custom in-memory storage can get here
+            state = OPEN
         if state != self._seen:
             # Emitted under the lock so hooks see transitions in order; hooks that raise
             # are contained by the emitter and cannot break the breaker.
@@ -360,42 +470,14 @@ class Breaker:
             self._deadline = (opened_at, deadline)
         # time.time() and pybreaker's datetime.now(UTC) are the same clock (time-machine
         # moves both); a float subtraction is cheaper than datetime arithmetic per call.
-        return deadline - time.time()
+        return deadline - _now()
 
 
-class _Guard:
-    """``with breaker.guard():`` and ``async with breaker.guard():``."""
-
-    __slots__ = ("_breaker", "_trial")
-
-    def __init__(self, breaker: Breaker) -> None:
-        self._breaker = breaker
-        self._trial = False
-
-    def __enter__(self) -> None:
-        self._trial = self._breaker._admit()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc is None:
-            self._breaker._record_success(self._trial)
-        else:
-            self._breaker._record_error(exc, self._trial)
-
-    async def __aenter__(self) -> None:
-        self.__enter__()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.__exit__(exc_type, exc, tb)
+def _check_positive_seconds(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a positive number, got {value!r}")
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
 
 
 def _check_positive_int(name: str, value: object) -> None:

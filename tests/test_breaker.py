@@ -12,9 +12,11 @@ from collections.abc import Iterator
 import pybreaker
 import pytest
 import time_machine
+from prometheus_client import CollectorRegistry
 
 from clarity_resilience import Breaker, CircuitOpenError, InvalidInputError
-from clarity_resilience.instrumentation import Event, set_on_event_hooks
+from clarity_resilience.instrumentation import BreakerStorageFailed, Event, set_on_event_hooks
+from clarity_resilience.testing import capture_events
 
 T0 = dt.datetime(2026, 11, 21, 12, 0, 0, tzinfo=dt.UTC)
 
@@ -557,3 +559,116 @@ class TestRedisStorage:
         assert second.call(lambda: "trial") == "trial"
         assert first.state == "closed"
         assert first.call(lambda: "ok") == "ok"
+
+
+def raising_predicate(exc: BaseException) -> bool:
+    raise LookupError("predicate bug")
+
+
+class TestRaisingPredicate:
+    def test_raising_predicate_counts_a_failure_while_closed(
+        self, clock: time_machine.Traveller
+    ) -> None:
+        """A predicate that raises counts the call as a failure and the caller sees its error."""
+        breaker = Breaker("t", exclude=[raising_predicate])
+        for _ in range(5):
+            with pytest.raises(Boom):
+                breaker.call(boom)
+        assert breaker.state == "open"
+
+    def test_raising_predicate_in_trial_does_not_stick_half_open(
+        self, clock: time_machine.Traveller
+    ) -> None:
+        """A trial whose predicate raises is a failed trial: reopened, and the next trial runs."""
+        breaker = Breaker("t", exclude=[raising_predicate])
+        open_breaker(breaker)
+        clock.shift(60)
+        with pytest.raises(Boom):
+            breaker.call(boom)
+        assert breaker.state == "open"
+        assert breaker.retry_after() == pytest.approx(60.0)
+        clock.shift(60)
+        assert breaker.call(lambda: "trial") == "trial"
+        assert breaker.state == "closed"
+
+    def test_raising_predicate_is_logged_once(
+        self, clock: time_machine.Traveller, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """However often it raises, a broken predicate is logged once per breaker."""
+        breaker = Breaker("t", fail_max=100, exclude=[raising_predicate])
+        with caplog.at_level(logging.ERROR, logger="clarity_resilience"):
+            fail(breaker, 10)
+        logged = [r for r in caplog.records if "exclude predicate" in r.getMessage()]
+        assert len(logged) == 1
+        assert logged[0].levelno == logging.ERROR
+        assert logged[0].exc_info is not None
+        assert isinstance(logged[0].exc_info[1], LookupError)
+        assert breaker.fail_counter == 10
+
+    def test_later_predicates_still_ignore(self, clock: time_machine.Traveller) -> None:
+        """A predicate that matches before the broken one still ignores the exception."""
+        breaker = Breaker("t", exclude=[lambda e: isinstance(e, NotOurFault), raising_predicate])
+
+        def not_our_fault() -> None:
+            raise NotOurFault
+
+        for _ in range(10):
+            with pytest.raises(NotOurFault):
+                breaker.call(not_our_fault)
+        assert breaker.fail_counter == 0
+
+
+class TestUnknownStoredState:
+    def test_unknown_state_counts_as_open(
+        self, clock: time_machine.Traveller, registry: CollectorRegistry
+    ) -> None:
+        """A storage holding a state that is not a breaker state rejects calls (fail closed)."""
+        storage = pybreaker.CircuitMemoryStorage("bogus")
+        with capture_events() as events:
+            breaker = Breaker("t", storage=storage, registry=registry)
+            calls: list[int] = []
+            with pytest.raises(CircuitOpenError):
+                breaker.call(calls.append, 1)
+        assert calls == []
+        assert breaker.state == "open"
+        failed = [e for e in events if isinstance(e, BreakerStorageFailed)]
+        assert [(e.problem, e.detail) for e in failed] == [("unknown_state", "'bogus'")]
+
+    def test_unknown_state_gets_a_trial_after_reset_timeout(
+        self, clock: time_machine.Traveller, registry: CollectorRegistry
+    ) -> None:
+        """After reset_timeout a trial runs, and its success writes a valid state back."""
+        storage = pybreaker.CircuitMemoryStorage("bogus")
+        breaker = Breaker("t", storage=storage, registry=registry)
+        clock.shift(59)
+        with pytest.raises(CircuitOpenError):
+            breaker.call(lambda: None)
+        clock.shift(1)
+        assert breaker.call(lambda: "trial") == "trial"
+        assert storage.state == "closed"
+        assert breaker.state == "closed"
+
+    def test_unknown_state_never_reaches_a_metric_label(
+        self, clock: time_machine.Traveller, registry: CollectorRegistry
+    ) -> None:
+        """The state gauge and transitions carry only closed/open/half-open."""
+        storage = pybreaker.CircuitMemoryStorage("bogus")
+        breaker = Breaker("t", storage=storage, registry=registry)
+        with pytest.raises(CircuitOpenError):
+            breaker.call(lambda: None)
+        states = {
+            value
+            for metric in registry.collect()
+            for s in metric.samples
+            for key, value in s.labels.items()
+            if key in ("state", "from_state", "to_state")
+        }
+        assert states == {"closed", "open", "half-open"}
+        assert (
+            registry.get_sample_value("circuit_breaker_state", {"breaker": "t", "state": "open"})
+            == 1.0
+        )
+        assert (
+            registry.get_sample_value("circuit_breaker_storage_failures_total", {"breaker": "t"})
+            == 1.0
+        )

@@ -21,6 +21,7 @@ from __future__ import annotations
 from ._events import (
     BreakerRegistered,
     BreakerStateChanged,
+    BreakerStorageFailed,
     CallRejected,
     Event,
     IntegrityCheckFailed,
@@ -41,6 +42,7 @@ __all__ = [
     "BREAKER_STATES",
     "BreakerRegistered",
     "BreakerStateChanged",
+    "BreakerStorageFailed",
     "CallRejected",
     "Emitter",
     "Event",

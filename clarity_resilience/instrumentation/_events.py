@@ -10,6 +10,7 @@ from .._reasons import Reason
 __all__ = [
     "BreakerRegistered",
     "BreakerStateChanged",
+    "BreakerStorageFailed",
     "CallRejected",
     "Event",
     "IntegrityCheckFailed",
@@ -76,6 +77,28 @@ class BreakerStateChanged(Event):
         """Name the event after the new state, e.g. ``clarity_resilience.breaker_opened``."""
         verb = {"open": "opened", "half-open": "half_opened", "closed": "closed"}
         return f"clarity_resilience.breaker_{verb.get(self.new_state, 'changed')}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BreakerStorageFailed(Event):
+    """A breaker's shared storage failed, timed out or held an unknown state.
+
+    The breaker goes on from the state it last read (an unknown state counts as
+    ``open``), so it keeps breaking on this process's own outcomes.
+
+    Attributes:
+        problem: ``timeout`` (past the breaker's ``storage_timeout``), ``error`` (the
+            storage raised) or ``unknown_state`` (a value that is not a breaker state).
+        error_type: The exception's type name, or ``UnknownState``.
+        detail: A short description (the exception's message, the unknown value's repr).
+    """
+
+    name: ClassVar[str] = "clarity_resilience.breaker_storage_failed"
+    level: ClassVar[str] = "error"
+    breaker: str
+    problem: str
+    error_type: str
+    detail: str
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

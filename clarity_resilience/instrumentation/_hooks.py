@@ -9,14 +9,15 @@ registers no metric and touches no logger). A :class:`HookFactory` is built once
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
-import weakref
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Protocol, TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
-from ._events import Event
+from ._events import CallRejected, Event
+from ._factory import EventHook, HookFactory
+from ._prometheus import PrometheusOnEventHook
+from ._structlog import StructlogOnEventHook
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -30,45 +31,6 @@ __all__ = [
 ]
 
 _log = logging.getLogger("clarity_resilience.instrumentation")
-
-
-class EventHook(Protocol):
-    """Anything that can be called with an :class:`Event`.
-
-    A hook must be quick and must not block: it runs on the caller's thread (or event
-    loop). If it raises, the error is logged once and the call it reports on goes on.
-    """
-
-    def __call__(self, event: Event, /) -> None: ...
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class HookFactory:
-    """Build a hook lazily, once per Prometheus registry.
-
-    Args:
-        build: Called with the emitting object's registry (``None`` for the default
-            registry) on its first event; returns the hook for that registry.
-    """
-
-    build: Callable[[CollectorRegistry | None], EventHook]
-    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
-    _bound: weakref.WeakKeyDictionary[CollectorRegistry, EventHook] = dataclasses.field(
-        default_factory=weakref.WeakKeyDictionary, repr=False
-    )
-    _default: list[EventHook] = dataclasses.field(default_factory=list, repr=False)
-
-    def bind(self, registry: CollectorRegistry | None) -> EventHook:
-        """Return the hook for ``registry``, building it on first use."""
-        with self._lock:
-            if registry is None:
-                if not self._default:
-                    self._default.append(self.build(None))
-                return self._default[0]
-            hook = self._bound.get(registry)
-            if hook is None:
-                hook = self._bound[registry] = self.build(registry)
-            return hook
 
 
 HookSpec: TypeAlias = "EventHook | HookFactory"
@@ -87,9 +49,6 @@ _CONFIG = _Config()
 
 
 def _default_hooks() -> tuple[HookSpec, ...]:
-    from ._prometheus import PrometheusOnEventHook
-    from ._structlog import StructlogOnEventHook
-
     return (PrometheusOnEventHook, StructlogOnEventHook)
 
 
@@ -113,6 +72,12 @@ def get_on_event_hooks() -> tuple[EventHook | HookFactory, ...]:
         return _CONFIG.hooks
 
 
+#: A hook's optional fast path for rejections: ``(breaker, state, retry_after, count)``.
+#: The built-in hooks have one (``on_rejection``), so an open breaker's rejection
+#: builds no event object unless a hook without it (or a sampled log line) needs one.
+RejectionHandler: TypeAlias = "Callable[[str, str, float, int], None]"
+
+
 class Emitter:
     """Deliver events to the configured hooks on behalf of one breaker or guard.
 
@@ -121,21 +86,26 @@ class Emitter:
             (``None``: prometheus_client's default registry).
     """
 
-    __slots__ = ("_generation", "_hooks", "registry")
+    __slots__ = ("_generation", "_hooks", "_rejection_hooks", "registry")
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry
         self._generation = -1
         self._hooks: tuple[EventHook, ...] = ()
+        self._rejection_hooks: tuple[tuple[RejectionHandler | None, EventHook], ...] = ()
 
     def _resolve(self) -> tuple[EventHook, ...]:
         if self._generation != _CONFIG.generation:
             generation = _CONFIG.generation
             specs = get_on_event_hooks()
-            self._hooks = tuple(
+            hooks = tuple(
                 spec.bind(self.registry) if isinstance(spec, HookFactory) else spec
                 for spec in specs
             )
+            self._rejection_hooks = tuple(
+                (getattr(hook, "on_rejection", None), hook) for hook in hooks
+            )
+            self._hooks = hooks
             self._generation = generation
         return self._hooks
 
@@ -154,6 +124,39 @@ class Emitter:
                 hook(event)
             except Exception:  # noqa: BLE001 - a broken hook must not break the caller
                 _report_failure(hook, event)
+
+    def rejected(self, breaker: str, state: str, retry_after: float, count: int) -> None:
+        """Deliver a :class:`CallRejected`, building the event only for hooks that need it.
+
+        Args:
+            breaker: The rejecting breaker's name.
+            state: Its state (``open`` or ``half-open``).
+            retry_after: Seconds until it admits a call.
+            count: Rejections since its last transition, this one included.
+        """
+        if self._generation != _CONFIG.generation:
+            try:
+                self._resolve()
+            except Exception:  # noqa: BLE001 - a failed hook factory must never break the caller
+                _report_failure("hook factory", _rejection(breaker, state, retry_after, count))
+                return
+        event: CallRejected | None = None
+        for fast, hook in self._rejection_hooks:
+            try:
+                if fast is not None:
+                    fast(breaker, state, retry_after, count)
+                else:
+                    if event is None:
+                        event = _rejection(breaker, state, retry_after, count)
+                    hook(event)
+            except Exception:  # noqa: BLE001 - a broken hook must not break the caller
+                _report_failure(hook, event or _rejection(breaker, state, retry_after, count))
+
+
+def _rejection(breaker: str, state: str, retry_after: float, count: int) -> CallRejected:
+    return CallRejected(
+        breaker=breaker, state=state, retry_after=retry_after, rejected_since_open=count
+    )
 
 
 _reported: set[int] = set()

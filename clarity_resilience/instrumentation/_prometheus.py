@@ -11,6 +11,7 @@ from .._reasons import INTEGRITY_REASONS, REFUSAL_REASONS, Reason
 from ._events import (
     BreakerRegistered,
     BreakerStateChanged,
+    BreakerStorageFailed,
     CallRejected,
     Event,
     IntegrityCheckFailed,
@@ -21,7 +22,7 @@ from ._events import (
     PredictionFailed,
     PredictionSucceeded,
 )
-from ._hooks import HookFactory
+from ._factory import HookFactory
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry, Counter
@@ -69,6 +70,12 @@ class _Metrics:
         self.rejections = Counter(
             "circuit_breaker_rejections_total",
             "Calls rejected by an open breaker.",
+            ["breaker"],
+            **kw,
+        )
+        self.storage_failures = Counter(
+            "circuit_breaker_storage_failures_total",
+            "Shared breaker storage calls that failed, timed out or read an unknown state.",
             ["breaker"],
             **kw,
         )
@@ -125,6 +132,7 @@ class _Metrics:
             self._breakers.add(breaker)
         if first:
             self.rejections.labels(breaker)
+            self.storage_failures.labels(breaker)
             for old in BREAKER_STATES:
                 for new in BREAKER_STATES:
                     if old != new:
@@ -132,6 +140,8 @@ class _Metrics:
         self.set_state(breaker, state)
 
     def set_state(self, breaker: str, state: str) -> None:
+        if state not in BREAKER_STATES:
+            return  # never a label value outside the fixed set (the breaker reports it)
         for candidate in BREAKER_STATES:
             self.state.labels(breaker, candidate).set(1 if candidate == state else 0)
 
@@ -185,12 +195,14 @@ class PrometheusHook:
 
     def __init__(self, metrics: _Metrics) -> None:
         self._m = metrics
+        self._rejection_children = metrics._rejection_children
         # Dispatch on the event's exact type: a dict lookup instead of trying the cases
         # of a match statement in turn on every event (rejections came third).
         self._handlers: dict[type[Event], Callable[[Any], None]] = {
             PredictionSucceeded: self._prediction_succeeded,
             PredictionFailed: self._prediction_failed,
             CallRejected: self._call_rejected,
+            BreakerStorageFailed: self._breaker_storage_failed,
             BreakerStateChanged: self._breaker_state_changed,
             IntegrityCheckPassed: self._integrity_check_passed,
             IntegrityCheckFailed: self._integrity_check_failed,
@@ -223,8 +235,19 @@ class PrometheusHook:
     def _call_rejected(self, event: CallRejected) -> None:
         self._m.rejections_of(event.breaker).inc()
 
+    def on_rejection(self, breaker: str, state: str, retry_after: float, count: int) -> None:
+        """Count a rejection without an event object (the emitter's fast path)."""
+        child = self._rejection_children.get(breaker)
+        if child is None:
+            child = self._m.rejections_of(breaker)
+        child.inc()
+
+    def _breaker_storage_failed(self, event: BreakerStorageFailed) -> None:
+        self._m.storage_failures.labels(event.breaker).inc()
+
     def _breaker_state_changed(self, event: BreakerStateChanged) -> None:
-        if event.old_state != event.new_state:
+        known = event.old_state in BREAKER_STATES and event.new_state in BREAKER_STATES
+        if known and event.old_state != event.new_state:
             self._m.transitions.labels(event.breaker, event.old_state, event.new_state).inc()
             self._m.set_state(event.breaker, event.new_state)
 

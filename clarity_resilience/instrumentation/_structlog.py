@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .._reasons import Reason
 from ._events import CallRejected, Event, PredictionFailed
-from ._hooks import HookFactory
+from ._factory import HookFactory
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -15,6 +16,16 @@ if TYPE_CHECKING:
 __all__ = ["StructlogOnEventHook", "logs_rejection"]
 
 _LEVELS = ("debug", "info", "warning", "error", "critical")
+_LEVEL_NUMBERS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
+
+#: Where events go while the application has not configured structlog.
+STDLIB_LOGGER = logging.getLogger("clarity_resilience")
 
 
 def logs_rejection(count: int) -> bool:
@@ -54,15 +65,19 @@ class StructlogHook:
 
     The library never configures structlog: events go wherever the application's
     structlog configuration sends them, and a reconfiguration takes effect at once.
+    While the application has not configured structlog (``structlog.is_configured()``
+    is false), events go to the standard ``logging`` logger ``clarity_resilience``
+    instead of structlog's default (which prints everything, debug included, to
+    stdout): the application's logging configuration applies, and with none, only
+    warnings and errors reach stderr through logging's last-resort handler.
     """
 
     def __init__(self) -> None:
-        import logging
-
         import structlog
 
         self._proxy = structlog.get_logger("clarity_resilience")
         self._get_config: Callable[[], dict[str, Any]] = structlog.get_config
+        self._is_configured: Callable[[], bool] = structlog.is_configured
         # The method a filtering bound logger has for the levels it drops (public API:
         # a logger filtering at CRITICAL drops debug).
         self._nop = structlog.make_filtering_bound_logger(logging.CRITICAL).debug
@@ -95,11 +110,45 @@ class StructlogHook:
             return
         if isinstance(event, PredictionFailed) and event.reason is Reason.BREAKER_OPEN:
             return  # the breaker's own (sampled) call_rejected line audits this denial
+        self._log(event)
+
+    def on_rejection(self, breaker: str, state: str, retry_after: float, count: int) -> None:
+        """Log a sampled rejection; build its event only when it is logged (fast path)."""
+        if logs_rejection(count):
+            self._log(
+                CallRejected(
+                    breaker=breaker,
+                    state=state,
+                    retry_after=retry_after,
+                    rejected_since_open=count,
+                )
+            )
+
+    def _log(self, event: Event) -> None:
+        if not self._is_configured():
+            _log_to_stdlib(event)
+            return
         bound = self._logger()
         level = event.level
         if level in bound.skipped:
             return
         getattr(bound.logger, level)(event.name, **event.fields())
+
+
+def _log_to_stdlib(event: Event) -> None:
+    """Log ``event`` through the ``clarity_resilience`` stdlib logger."""
+    level = _LEVEL_NUMBERS.get(event.level, logging.ERROR)
+    if not STDLIB_LOGGER.isEnabledFor(level):
+        return
+    fields = event.fields()
+    rendered = " ".join(f"{key}={value!r}" for key, value in fields.items())
+    STDLIB_LOGGER.log(
+        level,
+        "%s %s",
+        event.name,
+        rendered,
+        extra={"clarity_event": event.name, "clarity_fields": fields},
+    )
 
 
 def _build(_registry: CollectorRegistry | None) -> StructlogHook:
