@@ -303,7 +303,7 @@ class TestMissingDependency:
     @pytest.mark.parametrize(
         ("loader", "package", "extra", "data"),
         [
-            pytest.param(loaders.safetensors, "safetensors", "safetensors", safetensors_bytes(),
+            pytest.param(loaders.safetensors, "numpy", "safetensors", safetensors_bytes(),
                          id="safetensors"),
             pytest.param(loaders.safetensors_torch, "torch", "torch", safetensors_bytes(),
                          id="safetensors_torch"),
