@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import struct
+import sys
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 import pytest
 import safetensors
@@ -25,6 +27,12 @@ Expected = dict[str, tuple[str, list[int], bytes]] | None
 
 def frame(header: bytes, data: bytes = b"") -> bytes:
     return struct.pack("<Q", len(header)) + header + data
+
+
+def one_tensor(dtype: str, shape: list[int], raw: bytes) -> bytes:
+    """Return a safetensors file holding one tensor ``t`` (any dtype, even ones numpy lacks)."""
+    header = {"t": {"dtype": dtype, "shape": shape, "data_offsets": [0, len(raw)]}}
+    return frame(json.dumps(header).encode(), raw)
 
 
 def oracle(data: bytes) -> Expected:
@@ -325,3 +333,112 @@ class TestSerdeQuirks:
 
         assert oracle(data) is None
         assert ours(data) is None
+
+
+# --- the numpy loader against safetensors.numpy --------------------------------------------
+
+NUMPY_DTYPES = [np.bool_, np.uint8, np.int8, np.uint16, np.int16, np.float16, np.uint32,
+                np.int32, np.float32, np.uint64, np.int64, np.float64, np.complex64]  # fmt: skip
+
+
+def sample(dtype: Any, shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """Return an array of random bits (NaN payloads included) of ``dtype`` and ``shape``."""
+    raw = np.random.default_rng(seed).bytes(int(np.prod(shape)) * np.dtype(dtype).itemsize)
+    array = np.frombuffer(raw, dtype=np.uint8).view(dtype).reshape(shape).copy()
+    return array.astype(bool) if dtype is np.bool_ else array
+
+
+def assert_bitwise_equal(actual: dict[str, Any], expected: dict[str, Any]) -> None:
+    assert actual.keys() == expected.keys()
+    for name, array in expected.items():
+        assert actual[name].dtype == array.dtype, name
+        assert actual[name].shape == array.shape, name
+        assert actual[name].tobytes() == array.tobytes(), name
+
+
+class TestEqualToSafetensors:
+    @pytest.mark.parametrize("dtype", [pytest.param(d, id=np.dtype(d).name) for d in NUMPY_DTYPES])
+    @pytest.mark.parametrize(
+        "shape",
+        [
+            pytest.param((), id="scalar"),
+            pytest.param((0,), id="empty"),
+            pytest.param((3, 0, 2), id="empty-inner"),
+            pytest.param((7,), id="vector"),
+            pytest.param((2, 3, 5), id="3d"),
+        ],
+    )
+    def test_every_numpy_dtype_and_shape(self, dtype: Any, shape: tuple[int, ...]) -> None:
+        """Each numpy dtype safetensors supports, in every kind of shape, loads bit for bit."""
+        data = safetensors.numpy.save({"t": sample(dtype, shape, seed=len(shape))})
+
+        assert_bitwise_equal(loaders.safetensors(data), safetensors.numpy.load(data))
+
+    def test_many_tensors_with_metadata(self) -> None:
+        """A file of many tensors of mixed dtypes, with metadata, loads bit for bit."""
+        tensors = {
+            f"layer.{i}": sample(dtype, (i % 4, 3) if i % 5 else (), seed=i)
+            for i, dtype in enumerate(NUMPY_DTYPES * 2)
+        }
+        data = safetensors.numpy.save(tensors, metadata={"format": "np", "ü": "√"})
+
+        assert_bitwise_equal(loaders.safetensors(data), safetensors.numpy.load(data))
+
+    def test_unaligned_offsets(self) -> None:
+        """A header whose length is not a multiple of 8 still gives equal (unaligned) views."""
+        header = b'{"a":{"dtype":"F64","shape":[2],"data_offsets":[0,16]}}'
+        assert len(header) % 8
+        data = frame(header, np.array([1.5, -0.0]).tobytes())
+
+        loaded = loaders.safetensors(data)
+
+        assert_bitwise_equal(loaded, safetensors.numpy.load(data))
+        assert not loaded["a"].flags.aligned
+
+
+ML_DTYPES = {
+    "BF16": "bfloat16",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+    "F8_E4M3FNUZ": "float8_e4m3fnuz",
+    "F8_E5M2FNUZ": "float8_e5m2fnuz",
+    "F8_E8M0": "float8_e8m0fnu",
+}
+
+
+class TestDtypesNumpyLacks:
+    @pytest.mark.parametrize("name", sorted(ML_DTYPES))
+    def test_loaded_with_ml_dtypes(self, name: str) -> None:
+        """BF16 and F8 tensors become ml_dtypes arrays holding the file's exact bits."""
+        dtype = np.dtype(getattr(ml_dtypes, ML_DTYPES[name]))
+        raw = bytes(range(256))[: 6 * dtype.itemsize]
+        data = one_tensor(name, [2, 3], raw)
+
+        loaded = loaders.safetensors(data)["t"]
+
+        assert loaded.dtype == dtype
+        assert loaded.shape == (2, 3)
+        assert loaded.tobytes() == raw
+        assert not loaded.flags.writeable
+
+    def test_without_ml_dtypes_bf16_is_refused_clearly(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Without ml_dtypes a BF16 tensor is a ModelLoadError naming ml_dtypes and torch."""
+        monkeypatch.setitem(sys.modules, "ml_dtypes", None)
+        data = one_tensor("BF16", [1], b"\x80?")
+
+        with pytest.raises(cr.ModelLoadError, match=r"ml_dtypes.*safetensors_torch") as info:
+            loaders.safetensors(data)
+
+        assert info.value.reason == cr.Reason.LOAD_ERROR
+
+    @pytest.mark.parametrize("name", ["F4", "F6_E2M3", "F6_E3M2"])
+    def test_packed_sub_byte_dtypes_are_refused(self, name: str) -> None:
+        """F4/F6 pack several values per byte; numpy cannot view them, so they are refused."""
+        size = 4 * _safetensors.DTYPE_BITS[name] // 8
+        data = one_tensor(name, [4], bytes(size))
+        assert oracle(data) is not None
+
+        with pytest.raises(cr.ModelLoadError, match=name):
+            loaders.safetensors(data)
