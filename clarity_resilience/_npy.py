@@ -93,6 +93,9 @@ def read_npy(np: Any, data: ReadableBuffer, *, copy: bool = False) -> NDArray[An
         raise ModelLoadError(
             f".npy data is shorter than its header says ({count} x {dtype.itemsize} bytes)"
         )
+    if dtype.itemsize == 0:  # nothing to view (e.g. "V0"); numpy.load builds it the same way
+        empty: NDArray[Any] = np.zeros(shape, dtype=dtype, order="F" if fortran_order else "C")
+        return freeze(empty, copy)
     try:
         flat = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
         # A Fortran-order file stores the transpose's C order.

@@ -363,6 +363,29 @@ class TestNumpyZeroCopy:
         with pytest.raises(ValueError, match="read-only"):
             array[0, 0] = 1.0
 
+    @pytest.mark.parametrize(
+        "array",
+        [
+            pytest.param(np.array(2.5), id="scalar"),
+            pytest.param(np.zeros((0, 4), np.float32), id="empty"),
+            pytest.param(np.arange(6, dtype=">i4").reshape(2, 3), id="big-endian"),
+            pytest.param(np.zeros(3, [("a", "<i2"), ("b", "<f8")]), id="structured"),
+            pytest.param(np.zeros(3, "V0"), id="zero-itemsize"),
+            pytest.param(np.asfortranarray(np.arange(12.0).reshape(3, 4)), id="fortran"),
+        ],
+    )
+    def test_npy_equals_numpy_load(self, array: np.ndarray) -> None:
+        """Each kind of .npy loads with np.load's dtype, shape and bytes, read-only."""
+        data = npy_bytes(array)
+        expected = np.load(io.BytesIO(data))
+
+        loaded = loaders.numpy(data)
+
+        assert isinstance(loaded, np.ndarray)
+        assert (loaded.dtype, loaded.shape) == (expected.dtype, expected.shape)
+        assert loaded.tobytes() == expected.tobytes()
+        assert not loaded.flags.writeable
+
     def test_npy_copy_is_writable(self) -> None:
         """numpy(copy=True), also as a loader factory, gives a private writable array."""
         data = npy_bytes()
