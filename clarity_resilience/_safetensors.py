@@ -21,12 +21,24 @@ oracle):
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["DTYPE_BITS", "MAX_HEADER_SIZE", "Header", "HeaderError", "TensorInfo", "parse"]
+from .exceptions import ModelLoadError
+
+__all__ = [
+    "DTYPE_BITS",
+    "MAX_HEADER_SIZE",
+    "TORCH_DTYPES",
+    "Header",
+    "HeaderError",
+    "TensorInfo",
+    "numpy_dtype",
+    "parse",
+]
 
 #: safetensors' own bound on the header length (``MAX_HEADER_SIZE`` in tensor.rs).
 MAX_HEADER_SIZE = 100_000_000
@@ -62,6 +74,50 @@ DTYPE_BITS: dict[str, int] = {
     "U64": 64,
 }
 _FIELDS = ("dtype", "shape", "data_offsets")
+
+# safetensors dtype -> numpy dtype; safetensors stores little-endian.
+_NUMPY_DTYPES = {
+    "BOOL": "?",
+    "U8": "u1",
+    "I8": "i1",
+    "U16": "<u2",
+    "I16": "<i2",
+    "F16": "<f2",
+    "U32": "<u4",
+    "I32": "<i4",
+    "F32": "<f4",
+    "U64": "<u8",
+    "I64": "<i8",
+    "F64": "<f8",
+    "C64": "<c8",
+}
+# dtypes numpy lacks, as ml_dtypes names them (F4/F6 are packed, so no view exists).
+_ML_DTYPES = {
+    "BF16": "bfloat16",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+    "F8_E4M3FNUZ": "float8_e4m3fnuz",
+    "F8_E5M2FNUZ": "float8_e5m2fnuz",
+    "F8_E8M0": "float8_e8m0fnu",
+}
+#: safetensors dtype -> torch attribute (as safetensors.torch maps them).
+TORCH_DTYPES = {
+    "BOOL": "bool",
+    "U8": "uint8",
+    "I8": "int8",
+    "U16": "uint16",
+    "I16": "int16",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "U32": "uint32",
+    "I32": "int32",
+    "F32": "float32",
+    "U64": "uint64",
+    "I64": "int64",
+    "F64": "float64",
+    "C64": "complex64",
+    **{name: attr for name, attr in _ML_DTYPES.items() if name != "BF16"},
+}
 
 
 class HeaderError(ValueError):
@@ -252,3 +308,25 @@ def parse(view: memoryview) -> Header:
     if data_start + position != len(view):
         raise HeaderError("the tensors do not cover the data section exactly")
     return Header(tensors, metadata)
+
+
+def numpy_dtype(np: Any, dtype: str) -> Any:
+    """Return the numpy dtype that views a safetensors ``dtype`` (ml_dtypes for BF16/F8).
+
+    Raises:
+        ModelLoadError: For F4/F6 (packed), or BF16/F8 without ml_dtypes installed.
+    """
+    if dtype in _NUMPY_DTYPES:
+        return np.dtype(_NUMPY_DTYPES[dtype])
+    if dtype in _ML_DTYPES:
+        try:
+            ml_dtypes = importlib.import_module("ml_dtypes")
+        except ImportError:
+            raise ModelLoadError(
+                f"safetensors dtype {dtype} has no numpy equivalent; install ml_dtypes "
+                "or load with loaders.safetensors_torch"
+            ) from None
+        return np.dtype(getattr(ml_dtypes, _ML_DTYPES[dtype]))
+    raise ModelLoadError(
+        f"safetensors dtype {dtype} packs several values per byte; numpy cannot view it"
+    )

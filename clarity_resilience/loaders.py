@@ -3,8 +3,9 @@
 A loader is any callable that takes the verified bytes (a bytes-like object) and
 returns a model; pass one to :func:`~clarity_resilience.load_verified` or
 ``ModelGuard(loader=...)``. The loaders here import their library on first use, so
-importing ``clarity_resilience`` imports none of numpy, safetensors, onnxruntime,
-torch or joblib; a missing library raises :class:`ModelLoadError` naming the extra to
+importing ``clarity_resilience`` imports none of numpy, ml_dtypes, onnxruntime, torch
+or joblib (and the safetensors loaders parse the format themselves, without the
+safetensors package); a missing library raises :class:`ModelLoadError` naming the extra to
 install (``pip install 'clarity-resilience[safetensors]'``).
 
 Formats that can execute code while loading (pickle, joblib) are never chosen
@@ -47,50 +48,6 @@ __all__ = [
 BytesLike: TypeAlias = bytes | bytearray | memoryview
 
 _T = TypeVar("_T")
-
-# safetensors dtype -> numpy dtype; safetensors stores little-endian.
-_NUMPY_DTYPES = {
-    "BOOL": "?",
-    "U8": "u1",
-    "I8": "i1",
-    "U16": "<u2",
-    "I16": "<i2",
-    "F16": "<f2",
-    "U32": "<u4",
-    "I32": "<i4",
-    "F32": "<f4",
-    "U64": "<u8",
-    "I64": "<i8",
-    "F64": "<f8",
-    "C64": "<c8",
-}
-# dtypes numpy lacks, as ml_dtypes names them (F4/F6 are packed, so no view exists).
-_ML_DTYPES = {
-    "BF16": "bfloat16",
-    "F8_E4M3": "float8_e4m3fn",
-    "F8_E5M2": "float8_e5m2",
-    "F8_E4M3FNUZ": "float8_e4m3fnuz",
-    "F8_E5M2FNUZ": "float8_e5m2fnuz",
-    "F8_E8M0": "float8_e8m0fnu",
-}
-# safetensors dtype -> torch attribute (as safetensors.torch maps them).
-_TORCH_DTYPES = {
-    "BOOL": "bool",
-    "U8": "uint8",
-    "I8": "int8",
-    "U16": "uint16",
-    "I16": "int16",
-    "F16": "float16",
-    "BF16": "bfloat16",
-    "U32": "uint32",
-    "I32": "int32",
-    "F32": "float32",
-    "U64": "uint64",
-    "I64": "int64",
-    "F64": "float64",
-    "C64": "complex64",
-    **{name: attr for name, attr in _ML_DTYPES.items() if name != "BF16"},
-}
 
 _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -141,23 +98,6 @@ def _copying(load: Callable[..., _T], name: str) -> Callable[[BytesLike], _T]:
     return loader
 
 
-def _numpy_dtype(np: Any, dtype: str) -> Any:
-    if dtype in _NUMPY_DTYPES:
-        return np.dtype(_NUMPY_DTYPES[dtype])
-    if dtype in _ML_DTYPES:
-        try:
-            ml_dtypes = importlib.import_module("ml_dtypes")
-        except ImportError:
-            raise ModelLoadError(
-                f"safetensors dtype {dtype} has no numpy equivalent; install ml_dtypes "
-                "or load with loaders.safetensors_torch"
-            ) from None
-        return np.dtype(getattr(ml_dtypes, _ML_DTYPES[dtype]))
-    raise ModelLoadError(
-        f"safetensors dtype {dtype} packs several values per byte; numpy cannot view it"
-    )
-
-
 @overload
 def safetensors(data: BytesLike, *, copy: bool = False) -> dict[str, NDArray[Any]]: ...
 @overload
@@ -187,7 +127,7 @@ def safetensors(
     dtypes: dict[str, Any] = {}
     for name, info in _header(view).tensors.items():
         if info.dtype not in dtypes:
-            dtypes[info.dtype] = _numpy_dtype(np, info.dtype)
+            dtypes[info.dtype] = _safetensors.numpy_dtype(np, info.dtype)
         dtype = dtypes[info.dtype]
         count = (info.end - info.begin) // dtype.itemsize
         try:
@@ -229,7 +169,7 @@ def safetensors_torch(
         # frombuffer warns that the buffer is not writable; the contract above covers it.
         warnings.filterwarnings("ignore", "The given buffer is not writable", UserWarning)
         for name, info in _header(view).tensors.items():
-            dtype = getattr(torch, _TORCH_DTYPES.get(info.dtype, "-"), None)
+            dtype = getattr(torch, _safetensors.TORCH_DTYPES.get(info.dtype, "-"), None)
             if dtype is None:
                 raise ModelLoadError(f"safetensors dtype {info.dtype} is not supported by torch")
             if info.end == info.begin:  # frombuffer refuses zero-size tensors
