@@ -1,4 +1,4 @@
-"""Parse a safetensors header exactly as strictly as safetensors' own Rust parser.
+"""Parse and validate a safetensors header exactly as strictly as safetensors itself.
 
 safetensors (``safetensors/src/tensor.rs``, ``SafeTensors::read_metadata`` and
 ``Metadata::validate``) reads an 8-byte little-endian header length (at most
