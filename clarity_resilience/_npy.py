@@ -80,8 +80,8 @@ def read_npy(np: Any, data: ReadableBuffer, *, copy: bool = False) -> NDArray[An
         version = fmt.read_magic(stream)
         read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
         shape, fortran_order, dtype = read_header(stream)
-    except ValueError as e:
-        raise ModelLoadError(f"not a valid .npy file: {e}") from None
+    except Exception as e:  # numpy's header parser raises ValueError, TokenError, ...
+        raise ModelLoadError(f"not a valid .npy file: {type(e).__name__}: {e}") from e
     if dtype.hasobject:
         raise ModelLoadError(
             f"numpy object arrays ({dtype}) need pickle to load; refused",
@@ -144,6 +144,8 @@ def read_npz(np: Any, data: ReadableBuffer, *, copy: bool = False) -> dict[str, 
                 member = _stored_member(view, info)
                 content = archive.read(info) if member is None else member
                 arrays[info.filename.removesuffix(".npy")] = read_npy(np, content, copy=copy)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError) as e:
-        raise ModelLoadError(f"not a valid .npz archive: {e}") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, NotImplementedError,
+            RuntimeError, EOFError, ValueError) as e:  # fmt: skip
+        # RuntimeError: an encrypted member; ValueError: offsets before the start.
+        raise ModelLoadError(f"not a valid .npz archive: {type(e).__name__}: {e}") from e
     return arrays

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import io
@@ -24,6 +25,8 @@ import numpy as np
 import onnx
 import onnxruntime
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 from safetensors.numpy import save as save_safetensors
 
@@ -448,6 +451,29 @@ class TestNumpyZeroCopy:
             loaders.numpy(npz_bytes()[:-30])
 
         assert info.value.reason == cr.Reason.LOAD_ERROR
+
+
+NUMPY_FILES = [npy_bytes(), npy_bytes(np.asfortranarray(WEIGHT)), npz_bytes(), npz_bytes(True)]
+
+
+class TestNumpyDamagedFiles:
+    @settings(max_examples=150, deadline=None)
+    @given(
+        st.sampled_from(NUMPY_FILES),
+        st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), max_size=3),
+        st.floats(0, 1),
+    )
+    def test_only_model_load_errors(
+        self, data: bytes, flips: list[tuple[float, int]], keep: float
+    ) -> None:
+        """A damaged .npy/.npz either loads or raises ModelLoadError, nothing else."""
+        damaged = bytearray(data)
+        for where, value in flips:
+            damaged[int(where * len(damaged))] = value
+        damaged = damaged[: max(1, int(keep * len(damaged)))]
+
+        with contextlib.suppress(cr.ModelLoadError):  # any other exception fails the test
+            loaders.numpy(bytes(damaged))
 
 
 class FakeTorch:
