@@ -134,9 +134,7 @@ def safetensors(
             array = np.frombuffer(buffer, dtype=dtype, count=count, offset=info.begin)
             array = array.reshape(info.shape)
         except ValueError as e:  # e.g. a zero-size shape with a dimension numpy cannot hold
-            raise ModelLoadError(
-                f"tensor {name!r} cannot be viewed as {info.shape}: {e}"
-            ) from None
+            raise ModelLoadError(f"tensor {name!r} cannot be viewed as {info.shape}: {e}") from e
         arrays[name] = _npy.freeze(array, copy)
     return arrays
 
@@ -166,7 +164,8 @@ def safetensors_torch(
     buffer = data if isinstance(data, bytes) else view
     tensors: dict[str, Any] = {}
     with warnings.catch_warnings():
-        # frombuffer warns that the buffer is not writable; the contract above covers it.
+        # frombuffer warns (once per process) that the buffer is not writable; the
+        # contract above covers it, and a user's filterwarnings=error must not fail loads.
         warnings.filterwarnings("ignore", "The given buffer is not writable", UserWarning)
         for name, info in _header(view).tensors.items():
             dtype = getattr(torch, _safetensors.TORCH_DTYPES.get(info.dtype, "-"), None)
