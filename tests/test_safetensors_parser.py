@@ -250,8 +250,13 @@ class TestSerdeQuirks:
                                     '"a":{$E}}'), id="minus-zero"),
             pytest.param('{"a":{"dtype":"U8","shape":[2.0],"data_offsets":[0,2]}}',
                          id="float-dim"),
-            pytest.param('{"a":{"dtype":"U8","shape":[true],"data_offsets":[0,2]}}',
+            pytest.param('{"a":{"dtype":"U8","shape":[true,2],"data_offsets":[0,2]}}',
                          id="bool-dim"),
+            pytest.param('{"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2,2]}}',
+                         id="three-offsets"),
+            pytest.param('{"a":{"dtype":"U8","shape":[2],"data_offsets":[2]}}', id="one-offset"),
+            pytest.param(with_entry('{"a":{$E,"x":-' + "9" * 400 + "}}"),
+                         id="negative-out-of-range"),
             pytest.param(with_entry('{"__metadata__":null,"a":{$E}}'), id="null-metadata"),
             pytest.param(with_entry('{"__metadata__":{},"__metadata__":{},"a":{$E}}'),
                          id="repeated-metadata"),
@@ -308,6 +313,14 @@ class TestSerdeQuirks:
         with pytest.raises(cr.ModelLoadError) as info:
             loaders.safetensors(data)
         assert info.value.reason == cr.Reason.LOAD_ERROR
+
+    def test_header_of_more_than_100_mb_is_refused_even_if_present(self) -> None:
+        """A well-formed header one byte over the bound is refused, as safetensors does."""
+        header = b"{}" + b" " * (_safetensors.MAX_HEADER_SIZE - 1)
+        data = frame(header)
+
+        assert oracle(data) is None
+        assert ours(data) is None
 
     def test_short_file_is_refused(self) -> None:
         """Fewer than 8 bytes is refused by both."""
