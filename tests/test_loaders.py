@@ -415,6 +415,11 @@ class TestNumpyZeroCopy:
 
         assert info.value.reason == cr.Reason.LOAD_ERROR
 
+    def test_truncated_npy_says_so(self) -> None:
+        """A .npy shorter than its header promises is refused with that reason."""
+        with pytest.raises(cr.ModelLoadError, match="shorter than its header"):
+            loaders.numpy(npy_bytes()[:-1])
+
     def test_stored_npz_members_are_views(self) -> None:
         """np.savez members (stored, not compressed) are read-only views of the archive."""
         data = memoryview(bytearray(npz_bytes())).toreadonly()
