@@ -3,8 +3,9 @@
 A loader is any callable that takes the verified bytes (a bytes-like object) and
 returns a model; pass one to :func:`~clarity_resilience.load_verified` or
 ``ModelGuard(loader=...)``. The loaders here import their library on first use, so
-importing ``clarity_resilience`` imports none of numpy, safetensors, onnxruntime,
-torch or joblib; a missing library raises :class:`ModelLoadError` naming the extra to
+importing ``clarity_resilience`` imports none of numpy, ml_dtypes, onnxruntime, torch
+or joblib (and the safetensors loaders parse the format themselves, without the
+safetensors package); a missing library raises :class:`ModelLoadError` naming the extra to
 install (``pip install 'clarity-resilience[safetensors]'``).
 
 Formats that can execute code while loading (pickle, joblib) are never chosen
@@ -18,10 +19,12 @@ from __future__ import annotations
 import importlib
 import io
 import struct
+import warnings
 import zipfile
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, overload
 
+from . import _npy, _safetensors
 from ._reasons import Reason
 from .exceptions import ModelLoadError
 
@@ -44,6 +47,8 @@ __all__ = [
 #: What every loader accepts: the verified bytes, or a view of them.
 BytesLike: TypeAlias = bytes | bytearray | memoryview
 
+_T = TypeVar("_T")
+
 _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTO = 0x80
@@ -64,70 +69,148 @@ def _require(module: str, extra: str) -> Any:
 
 
 def _as_bytes(data: BytesLike) -> bytes:
-    # safetensors and onnxruntime accept only bytes; copy only when given something else.
+    # onnxruntime accepts only bytes; copy only when given something else.
     return data if isinstance(data, bytes) else bytes(data)
 
 
-def safetensors(data: BytesLike) -> dict[str, NDArray[Any]]:
-    """Load a safetensors file into numpy arrays (``safetensors.numpy.load``).
+def _bytes_view(data: BytesLike) -> memoryview:
+    """Return a flat byte view of any contiguous buffer (no copy)."""
+    try:
+        return memoryview(data).cast("B")
+    except (TypeError, ValueError) as e:  # not a buffer, or not contiguous
+        raise ModelLoadError(f"a loader needs a contiguous bytes-like buffer: {e}") from None
 
-    Requires the ``safetensors`` extra.
+
+def _header(view: memoryview) -> _safetensors.Header:
+    try:
+        return _safetensors.parse(view)
+    except _safetensors.HeaderError as e:
+        raise ModelLoadError(f"not a valid safetensors file: {e}") from e
+
+
+def _copying(load: Callable[..., _T], name: str) -> Callable[[BytesLike], _T]:
+    """Return ``load`` with ``copy=True`` bound, named for error messages."""
+
+    def loader(data: BytesLike) -> _T:
+        return load(data, copy=True)
+
+    loader.__name__ = loader.__qualname__ = f"{name}(copy=True)"
+    return loader
+
+
+@overload
+def safetensors(data: BytesLike, *, copy: bool = False) -> dict[str, NDArray[Any]]: ...
+@overload
+def safetensors(
+    data: None = None, *, copy: bool
+) -> Callable[[BytesLike], dict[str, NDArray[Any]]]: ...
+def safetensors(
+    data: BytesLike | None = None, *, copy: bool = False
+) -> dict[str, NDArray[Any]] | Callable[[BytesLike], dict[str, NDArray[Any]]]:
+    """Load a safetensors file into read-only numpy arrays that view the verified buffer.
+
+    The header is validated exactly as strictly as safetensors itself does. Nothing is
+    copied: each array views its bytes in ``data`` and keeps ``data`` alive, and writing
+    to it raises ``ValueError``. Pass ``copy=True`` for private writable arrays, either
+    directly or as ``loader=loaders.safetensors(copy=True)``. BF16 and F8 tensors need
+    ``ml_dtypes``; F4/F6 tensors are refused. Requires the ``safetensors`` extra (numpy).
+
+    Raises:
+        ModelLoadError: For any file safetensors would refuse, or a dtype numpy lacks.
     """
-    backend = _require("safetensors.numpy", "safetensors")
-    tensors: dict[str, NDArray[Any]] = backend.load(_as_bytes(data))
+    if data is None:
+        return _copying(safetensors, "safetensors") if copy else safetensors
+    np = _require("numpy", "safetensors")
+    view = _bytes_view(data)
+    buffer = data if isinstance(data, bytes) else view
+    arrays: dict[str, NDArray[Any]] = {}
+    dtypes: dict[str, Any] = {}
+    for name, info in _header(view).tensors.items():
+        if info.dtype not in dtypes:
+            dtypes[info.dtype] = _safetensors.numpy_dtype(np, info.dtype)
+        dtype = dtypes[info.dtype]
+        count = (info.end - info.begin) // dtype.itemsize
+        try:
+            array = np.frombuffer(buffer, dtype=dtype, count=count, offset=info.begin)
+            array = array.reshape(info.shape)
+        except ValueError as e:  # e.g. a zero-size shape with a dimension numpy cannot hold
+            raise ModelLoadError(f"tensor {name!r} cannot be viewed as {info.shape}: {e}") from e
+        arrays[name] = _npy.freeze(array, copy)
+    return arrays
+
+
+@overload
+def safetensors_torch(data: BytesLike, *, copy: bool = False) -> dict[str, Any]: ...
+@overload
+def safetensors_torch(
+    data: None = None, *, copy: bool
+) -> Callable[[BytesLike], dict[str, Any]]: ...
+def safetensors_torch(
+    data: BytesLike | None = None, *, copy: bool = False
+) -> dict[str, Any] | Callable[[BytesLike], dict[str, Any]]:
+    """Load a safetensors file into CPU ``torch.Tensor`` objects that view the buffer.
+
+    Validated as :func:`safetensors`. torch has no read-only tensors: an in-place
+    operation would write into the verified buffer, so code that mutates weights must
+    pass ``copy=True`` (each tensor is then cloned). Requires the ``torch`` extra.
+
+    Raises:
+        ModelLoadError: For any file safetensors would refuse, or a dtype this torch lacks.
+    """
+    if data is None:
+        return _copying(safetensors_torch, "safetensors_torch") if copy else safetensors_torch
+    torch = _require("torch", "torch")
+    view = _bytes_view(data)
+    buffer = data if isinstance(data, bytes) else view
+    tensors: dict[str, Any] = {}
+    with warnings.catch_warnings():
+        # frombuffer warns (once per process) that the buffer is not writable; the
+        # contract above covers it, and a user's filterwarnings=error must not fail loads.
+        warnings.filterwarnings("ignore", "The given buffer is not writable", UserWarning)
+        for name, info in _header(view).tensors.items():
+            dtype = getattr(torch, _safetensors.TORCH_DTYPES.get(info.dtype, "-"), None)
+            if dtype is None:
+                raise ModelLoadError(f"safetensors dtype {info.dtype} is not supported by torch")
+            if info.end == info.begin:  # frombuffer refuses zero-size tensors
+                tensor = torch.empty(info.shape, dtype=dtype)
+            else:
+                count = (info.end - info.begin) // dtype.itemsize
+                tensor = torch.frombuffer(buffer, dtype=dtype, count=count, offset=info.begin)
+                tensor = tensor.reshape(info.shape)
+            tensors[name] = tensor.clone() if copy else tensor
     return tensors
 
 
-def safetensors_torch(data: BytesLike) -> dict[str, Any]:
-    """Load a safetensors file into CPU ``torch.Tensor`` objects (``safetensors.torch.load``).
-
-    Requires the ``torch`` and ``safetensors`` extras.
-    """
-    _require("torch", "torch")
-    backend = _require("safetensors.torch", "safetensors")
-    tensors: dict[str, Any] = backend.load(_as_bytes(data))
-    return tensors
-
-
-def numpy(data: BytesLike) -> NDArray[Any] | dict[str, NDArray[Any]]:
+@overload
+def numpy(data: BytesLike, *, copy: bool = False) -> NDArray[Any] | dict[str, NDArray[Any]]: ...
+@overload
+def numpy(
+    data: None = None, *, copy: bool
+) -> Callable[[BytesLike], NDArray[Any] | dict[str, NDArray[Any]]]: ...
+def numpy(
+    data: BytesLike | None = None, *, copy: bool = False
+) -> (
+    NDArray[Any]
+    | dict[str, NDArray[Any]]
+    | Callable[[BytesLike], NDArray[Any] | dict[str, NDArray[Any]]]
+):
     """Load a ``.npy`` array, or every array of an ``.npz`` archive as a dict.
 
-    Pickled data is never loaded (``allow_pickle=False``): an object array is refused.
-    Requires the ``numpy`` extra.
+    Arrays are read-only views of the verified buffer (for ``.npz``, of uncompressed
+    members; a compressed member is inflated once); ``copy=True`` gives writable copies.
+    Pickled data is never loaded: an object array is refused. Requires the ``numpy`` extra.
 
     Raises:
         ModelLoadError: With ``reason=unsafe_format`` for an object array or an
-            archive member that is not a ``.npy`` array.
+            archive member that is not a ``.npy`` array; ``load_error`` if malformed.
     """
+    if data is None:
+        return _copying(numpy, "numpy") if copy else numpy
     np = _require("numpy", "numpy")
-    if bytes(data[:4]) == _ZIP_MAGIC:
-        arrays: dict[str, NDArray[Any]] = {}
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            for info in archive.infolist():
-                if not info.filename.endswith(".npy"):
-                    raise ModelLoadError(
-                        f"npz member {info.filename!r} is not a .npy array; refused",
-                        reason=Reason.UNSAFE_FORMAT,
-                    )
-                with archive.open(info) as member:
-                    arrays[info.filename.removesuffix(".npy")] = _read_npy(np, member)
-        return arrays
-    return _read_npy(np, io.BytesIO(data))
-
-
-def _read_npy(np: Any, stream: Any) -> NDArray[Any]:
-    fmt = np.lib.format
-    version = fmt.read_magic(stream)
-    read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-    _shape, _fortran_order, dtype = read_header(stream)
-    if dtype.hasobject:
-        raise ModelLoadError(
-            f"numpy object arrays ({dtype}) need pickle to load; refused",
-            reason=Reason.UNSAFE_FORMAT,
-        )
-    stream.seek(0)
-    array: NDArray[Any] = fmt.read_array(stream, allow_pickle=False)
-    return array
+    view = _bytes_view(data)
+    if bytes(view[:4]) == _ZIP_MAGIC:
+        return _npy.read_npz(np, view, copy=copy)
+    return _npy.read_npy(np, data if isinstance(data, bytes) else view, copy=copy)
 
 
 def onnx(data: BytesLike) -> ort.InferenceSession:
@@ -198,7 +281,7 @@ def detect(data: BytesLike) -> str:
 
 def _zip_format(data: BytesLike) -> str:
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        with zipfile.ZipFile(_npy.ViewReader(data)) as archive:
             names = archive.namelist()
     except (zipfile.BadZipFile, ValueError, EOFError):
         return "unknown"

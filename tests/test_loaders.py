@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import io
 import json
@@ -12,6 +14,8 @@ import random
 import subprocess
 import sys
 import types
+import warnings
+import weakref
 import zipfile
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +25,8 @@ import numpy as np
 import onnx
 import onnxruntime
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 from safetensors.numpy import save as save_safetensors
 
@@ -137,6 +143,18 @@ def assert_same_tensors(actual: dict[str, np.ndarray], expected: dict[str, np.nd
         np.testing.assert_array_equal(actual[name], array)
 
 
+def buffer_owner(array: np.ndarray) -> Any:
+    """Follow ``array.base`` to the object that owns the memory."""
+    base: Any = array
+    while isinstance(base, np.ndarray):
+        base = base.base
+    return base.obj if isinstance(base, memoryview) and base.obj is not None else base
+
+
+class WeakBytes(bytearray):
+    """A buffer owner a weakref can watch (bytes and bytearray themselves cannot)."""
+
+
 def hide(monkeypatch: pytest.MonkeyPatch, package: str) -> None:
     """Make ``package`` (and every imported submodule) unimportable, as if not installed."""
     for name in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
@@ -174,6 +192,104 @@ class TestSafetensors:
 
         assert info.value.reason == cr.Reason.LOAD_ERROR
         assert info.value.__cause__ is not None
+
+    def test_arrays_view_the_verified_buffer(self, tmp_path: pathlib.Path) -> None:
+        """load_verified's arrays view the verified buffer itself: no second copy is made."""
+        data = safetensors_bytes()
+        path, sha256 = write(tmp_path, data)
+
+        tensors = cr.load_verified(path, sha256=sha256, loader=loaders.safetensors)
+
+        for array in tensors.values():
+            owner = buffer_owner(array)
+            assert isinstance(owner, bytes | memoryview)
+            assert len(owner) == len(data)  # the whole verified file, not a per-tensor copy
+            assert array.base is not None
+
+    @pytest.mark.parametrize(
+        "wrap",
+        [
+            pytest.param(lambda b: b, id="bytes"),
+            pytest.param(memoryview, id="memoryview"),
+            pytest.param(lambda b: memoryview(bytearray(b)).toreadonly(), id="readonly-view"),
+            pytest.param(bytearray, id="bytearray"),
+        ],
+    )
+    def test_arrays_are_read_only_views(self, wrap: Callable[[bytes], Any]) -> None:
+        """Each array shares memory with the buffer it was given, and writing to it raises."""
+        data = wrap(safetensors_bytes())
+        whole = np.frombuffer(data, dtype=np.uint8)
+
+        tensors = loaders.safetensors(data)
+
+        for array in tensors.values():
+            assert np.shares_memory(array, whole)
+            assert not array.flags.writeable
+            with pytest.raises(ValueError, match="read-only"):
+                array[...] = 0
+        assert_same_tensors(tensors, TENSORS)
+
+    def test_a_kept_tensor_keeps_the_buffer_alive(self) -> None:
+        """Dropping everything but one tensor keeps its buffer alive until that tensor goes."""
+        owner = WeakBytes(safetensors_bytes())
+        alive = weakref.ref(owner)
+        tensors = loaders.safetensors(memoryview(owner).toreadonly())
+        kept = tensors["embedding"]
+        del owner, tensors
+        gc.collect()
+
+        assert alive() is not None
+        np.testing.assert_array_equal(kept, TENSORS["embedding"])
+        del kept
+        gc.collect()
+        assert alive() is None
+
+    def test_copy_gives_private_writable_arrays(self) -> None:
+        """copy=True returns writable arrays that share nothing with the buffer."""
+        data = safetensors_bytes()
+
+        tensors = loaders.safetensors(data, copy=True)
+
+        assert_same_tensors(tensors, TENSORS)
+        for array in tensors.values():
+            assert array.flags.writeable
+            assert not np.shares_memory(array, np.frombuffer(data, dtype=np.uint8))
+        tensors["embedding"][0, 0] = 42.0
+        assert tensors["embedding"][0, 0] == 42.0
+
+    def test_copy_factory_works_as_a_loader(self, tmp_path: pathlib.Path) -> None:
+        """loaders.safetensors(copy=True) is a loader for load_verified, named in errors."""
+        path, sha256 = write(tmp_path, safetensors_bytes())
+        copying = loaders.safetensors(copy=True)
+
+        tensors = cr.load_verified(path, sha256=sha256, loader=copying)
+
+        assert all(array.flags.writeable for array in tensors.values())
+        assert loaders.safetensors(copy=False) is loaders.safetensors
+        assert copying.__name__ == "safetensors(copy=True)"
+
+    @pytest.mark.parametrize(
+        "data",
+        [
+            pytest.param(b"", id="empty"),
+            pytest.param(b"\x00" * 8, id="zero-header"),
+            pytest.param((10**9).to_bytes(8, "little") + b"{}", id="header-too-long"),
+            pytest.param(safetensors_bytes() + b"\x00", id="trailing-byte"),
+        ],
+    )
+    def test_refusals_are_typed_load_errors(self, data: bytes) -> None:
+        """Whatever is wrong with the file, the loader raises ModelLoadError(load_error)."""
+        with pytest.raises(cr.ModelLoadError) as info:
+            loaders.safetensors(data)
+
+        assert info.value.reason == cr.Reason.LOAD_ERROR
+
+    def test_non_contiguous_buffer_is_refused(self) -> None:
+        """A strided view cannot be viewed as one file: a typed error, not a crash."""
+        strided = memoryview(safetensors_bytes() * 2)[::2]
+
+        with pytest.raises(cr.ModelLoadError, match="contiguous"):
+            loaders.safetensors(strided)
 
 
 class TestNumpy:
@@ -227,6 +343,243 @@ class TestNumpy:
         assert info.value.reason == cr.Reason.UNSAFE_FORMAT
 
 
+class TestNumpyZeroCopy:
+    @pytest.mark.parametrize(
+        "wrap",
+        [
+            pytest.param(lambda b: b, id="bytes"),
+            pytest.param(lambda b: memoryview(bytearray(b)).toreadonly(), id="readonly-view"),
+        ],
+    )
+    @pytest.mark.parametrize("fortran", [pytest.param(False, id="C"), pytest.param(True, id="F")])
+    def test_npy_is_a_read_only_view(self, wrap: Callable[[bytes], Any], fortran: bool) -> None:
+        """A .npy array views the buffer (C or Fortran order) and cannot be written."""
+        expected = np.asfortranarray(WEIGHT) if fortran else WEIGHT
+        data = wrap(npy_bytes(expected))
+
+        array = loaders.numpy(data)
+
+        assert isinstance(array, np.ndarray)
+        np.testing.assert_array_equal(array, expected)
+        assert array.flags.f_contiguous == fortran
+        assert np.shares_memory(array, np.frombuffer(data, dtype=np.uint8))
+        with pytest.raises(ValueError, match="read-only"):
+            array[0, 0] = 1.0
+
+    @pytest.mark.parametrize(
+        "array",
+        [
+            pytest.param(np.array(2.5), id="scalar"),
+            pytest.param(np.zeros((0, 4), np.float32), id="empty"),
+            pytest.param(np.arange(6, dtype=">i4").reshape(2, 3), id="big-endian"),
+            pytest.param(np.zeros(3, [("a", "<i2"), ("b", "<f8")]), id="structured"),
+            pytest.param(np.zeros(3, "V0"), id="zero-itemsize"),
+            pytest.param(np.asfortranarray(np.arange(12.0).reshape(3, 4)), id="fortran"),
+        ],
+    )
+    def test_npy_equals_numpy_load(self, array: np.ndarray) -> None:
+        """Each kind of .npy loads with np.load's dtype, shape and bytes, read-only."""
+        data = npy_bytes(array)
+        expected = np.load(io.BytesIO(data))
+
+        loaded = loaders.numpy(data)
+
+        assert isinstance(loaded, np.ndarray)
+        assert (loaded.dtype, loaded.shape) == (expected.dtype, expected.shape)
+        assert loaded.tobytes() == expected.tobytes()
+        assert not loaded.flags.writeable
+
+    def test_npy_copy_is_writable(self) -> None:
+        """numpy(copy=True), also as a loader factory, gives a private writable array."""
+        data = npy_bytes()
+
+        array = loaders.numpy(copy=True)(data)
+
+        assert isinstance(array, np.ndarray)
+        assert array.flags.writeable
+        assert not np.shares_memory(array, np.frombuffer(data, dtype=np.uint8))
+        np.testing.assert_array_equal(array, TENSORS["embedding"])
+
+    @pytest.mark.parametrize(
+        "data",
+        [
+            pytest.param(npy_bytes()[:-1], id="truncated-data"),
+            pytest.param(npy_bytes()[:9], id="truncated-header"),
+            pytest.param(b"\x93NUMPY\x09\x00" + bytes(8), id="unknown-version"),
+        ],
+    )
+    def test_malformed_npy_is_a_load_error(self, data: bytes) -> None:
+        """A damaged .npy is a ModelLoadError(load_error), never an untyped error."""
+        with pytest.raises(cr.ModelLoadError) as info:
+            loaders.numpy(data)
+
+        assert info.value.reason == cr.Reason.LOAD_ERROR
+
+    def test_truncated_npy_says_so(self) -> None:
+        """A .npy shorter than its header promises is refused with that reason."""
+        with pytest.raises(cr.ModelLoadError, match="shorter than its header"):
+            loaders.numpy(npy_bytes()[:-1])
+
+    def test_stored_npz_members_are_views(self) -> None:
+        """np.savez members (stored, not compressed) are read-only views of the archive."""
+        data = memoryview(bytearray(npz_bytes())).toreadonly()
+
+        arrays = loaders.numpy(data)
+
+        assert isinstance(arrays, dict)
+        assert_same_tensors(arrays, TENSORS)
+        for array in arrays.values():
+            assert np.shares_memory(array, np.frombuffer(data, dtype=np.uint8))
+            assert not array.flags.writeable
+
+    def test_compressed_npz_members_are_read_only(self) -> None:
+        """np.savez_compressed members are inflated once, then returned read-only."""
+        arrays = loaders.numpy(npz_bytes(compressed=True))
+
+        assert isinstance(arrays, dict)
+        assert_same_tensors(arrays, TENSORS)
+        assert not any(array.flags.writeable for array in arrays.values())
+
+    def test_stored_member_with_bad_crc_is_refused(self) -> None:
+        """A stored member whose bytes do not match its CRC-32 is refused, as zipfile would."""
+        data = bytearray(npz_bytes())
+        data[data.index(b"\x93NUMPY") + 200] ^= 0xFF  # inside the first member's data
+
+        with pytest.raises(cr.ModelLoadError, match="CRC") as info:
+            loaders.numpy(bytes(data))
+
+        assert info.value.reason == cr.Reason.LOAD_ERROR
+
+    def test_broken_archive_is_a_load_error(self) -> None:
+        """A zip whose central directory is cut off is a ModelLoadError, not BadZipFile."""
+        with pytest.raises(cr.ModelLoadError) as info:
+            loaders.numpy(npz_bytes()[:-30])
+
+        assert info.value.reason == cr.Reason.LOAD_ERROR
+
+
+NUMPY_FILES = [npy_bytes(), npy_bytes(np.asfortranarray(WEIGHT)), npz_bytes(), npz_bytes(True)]
+
+
+class TestNumpyDamagedFiles:
+    @settings(max_examples=150, deadline=None)
+    @given(
+        st.sampled_from(NUMPY_FILES),
+        st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), max_size=3),
+        st.floats(0, 1),
+    )
+    def test_only_model_load_errors(
+        self, data: bytes, flips: list[tuple[float, int]], keep: float
+    ) -> None:
+        """A damaged .npy/.npz either loads or raises ModelLoadError, nothing else."""
+        damaged = bytearray(data)
+        for where, value in flips:
+            damaged[int(where * len(damaged))] = value
+        damaged = damaged[: max(1, int(keep * len(damaged)))]
+
+        with contextlib.suppress(cr.ModelLoadError):  # any other exception fails the test
+            loaders.numpy(bytes(damaged))
+
+
+class FakeTorch:
+    """A numpy-backed stand-in for the few torch calls safetensors_torch makes."""
+
+    def __init__(self) -> None:
+        self.module = types.ModuleType("torch")
+        for name in ("bool", "uint8", "int8", "uint16", "int16", "float16", "uint32", "int32",
+                     "float32", "uint64", "int64", "float64", "complex64"):  # fmt: skip
+            setattr(self.module, name, np.dtype(name))
+        self.module.bfloat16 = np.dtype("uint16")  # type: ignore[attr-defined]  # same width
+        self.module.frombuffer = self.frombuffer  # type: ignore[attr-defined]
+        self.module.empty = lambda shape, dtype: FakeTensor(np.empty(shape, dtype))  # type: ignore[attr-defined]
+        self.buffers: list[Any] = []
+
+    def frombuffer(self, buffer: Any, *, dtype: Any, count: int, offset: int) -> FakeTensor:
+        self.buffers.append(buffer)
+        array = np.frombuffer(buffer, dtype=dtype, count=count, offset=offset)
+        if not array.flags.writeable:
+            warnings.warn(
+                "The given buffer is not writable, and PyTorch does not support non-writable "
+                "tensors.",
+                UserWarning,
+                stacklevel=2,
+            )
+        return FakeTensor(array)
+
+
+class FakeTensor:
+    def __init__(self, array: np.ndarray, cloned: bool = False) -> None:
+        self.array, self.cloned = array, cloned
+
+    def reshape(self, shape: tuple[int, ...]) -> FakeTensor:
+        return FakeTensor(self.array.reshape(shape), self.cloned)
+
+    def clone(self) -> FakeTensor:
+        return FakeTensor(self.array.copy(), cloned=True)
+
+
+class TestSafetensorsTorch:
+    def test_tensors_view_the_buffer(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Each tensor is torch.frombuffer over the verified buffer, without torch's warning."""
+        fake = FakeTorch()
+        monkeypatch.setitem(sys.modules, "torch", fake.module)
+        data = safetensors_bytes()
+
+        tensors = loaders.safetensors_torch(data)
+
+        assert {name: t.array.tobytes() for name, t in tensors.items()} == {
+            name: a.tobytes() for name, a in TENSORS.items()
+        }
+        assert all(buffer is data for buffer in fake.buffers)
+        assert not any(t.cloned for t in tensors.values())
+
+    def test_bf16_and_empty_tensors(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """BF16 maps to torch.bfloat16; a zero-size tensor is made by torch.empty."""
+        fake = FakeTorch()
+        monkeypatch.setitem(sys.modules, "torch", fake.module)
+        header = {
+            "none": {"dtype": "F32", "shape": [0, 3], "data_offsets": [0, 0]},
+            "half": {"dtype": "BF16", "shape": [2], "data_offsets": [0, 4]},
+        }
+        text = json.dumps(header).encode()
+        data = len(text).to_bytes(8, "little") + text + b"\x80?\x00@"
+
+        tensors = loaders.safetensors_torch(data)
+
+        assert tensors["half"].array.tobytes() == b"\x80?\x00@"
+        assert tensors["none"].array.shape == (0, 3)
+        assert len(fake.buffers) == 1
+
+    def test_copy_clones_every_tensor(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """safetensors_torch(copy=True) clones each tensor out of the buffer."""
+        monkeypatch.setitem(sys.modules, "torch", FakeTorch().module)
+
+        tensors = loaders.safetensors_torch(copy=True)(safetensors_bytes())
+
+        assert all(t.cloned for t in tensors.values())
+
+    def test_dtype_missing_from_torch_is_refused(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A dtype this torch lacks (here F8_E5M2) is a ModelLoadError naming it."""
+        monkeypatch.setitem(sys.modules, "torch", FakeTorch().module)
+        text = b'{"t":{"dtype":"F8_E5M2","shape":[1],"data_offsets":[0,1]}}'
+        data = len(text).to_bytes(8, "little") + text + b"\x01"
+
+        with pytest.raises(cr.ModelLoadError, match="F8_E5M2"):
+            loaders.safetensors_torch(data)
+
+    def test_invalid_file_is_refused_before_torch_sees_it(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The header is validated as strictly as the numpy loader's."""
+        fake = FakeTorch()
+        monkeypatch.setitem(sys.modules, "torch", fake.module)
+
+        with pytest.raises(cr.ModelLoadError):
+            loaders.safetensors_torch(safetensors_bytes() + b"\x00")
+
+        assert fake.buffers == []
+
+
 class TestOnnx:
     def test_inference_session_runs_the_model(self, tmp_path: pathlib.Path) -> None:
         """A verified ONNX model becomes a CPU InferenceSession computing x @ W + b."""
@@ -239,6 +592,13 @@ class TestOnnx:
         assert isinstance(session, onnxruntime.InferenceSession)
         assert session.get_providers() == ["CPUExecutionProvider"]
         np.testing.assert_allclose(y, x @ WEIGHT + BIAS, rtol=1e-6)
+
+    def test_read_only_view_is_accepted(self) -> None:
+        """A read-only memoryview becomes bytes for onnxruntime, which needs them."""
+        session = loaders.onnx(memoryview(bytearray(linear_onnx())).toreadonly())
+
+        (y,) = session.run(None, {"x": np.ones((1, 3), np.float32)})
+        np.testing.assert_allclose(y, [WEIGHT.sum(0) + BIAS], rtol=1e-6)
 
     def test_garbage_is_a_load_error(self) -> None:
         """Bytes that are not a model make onnxruntime fail; load_verified would wrap it."""
@@ -303,7 +663,7 @@ class TestMissingDependency:
     @pytest.mark.parametrize(
         ("loader", "package", "extra", "data"),
         [
-            pytest.param(loaders.safetensors, "safetensors", "safetensors", safetensors_bytes(),
+            pytest.param(loaders.safetensors, "numpy", "safetensors", safetensors_bytes(),
                          id="safetensors"),
             pytest.param(loaders.safetensors_torch, "torch", "torch", safetensors_bytes(),
                          id="safetensors_torch"),
@@ -418,6 +778,21 @@ class TestAuto:
 
         check(cr.load_verified(path, sha256=sha256))
 
+    @pytest.mark.parametrize(
+        "build",
+        [pytest.param(safetensors_bytes, id="safetensors"), pytest.param(npy_bytes, id="npy"),
+         pytest.param(npz_bytes, id="npz")],
+    )  # fmt: skip
+    def test_read_only_view_loads_zero_copy(self, build: Callable[[], bytes]) -> None:
+        """auto takes a read-only memoryview and returns read-only views of it."""
+        data = memoryview(bytearray(build())).toreadonly()
+
+        model = loaders.auto(data)
+
+        arrays = model.values() if isinstance(model, dict) else [model]
+        whole = np.frombuffer(data, dtype=np.uint8)
+        assert all(np.shares_memory(a, whole) and not a.flags.writeable for a in arrays)
+
     def test_torch_archive_goes_to_the_weights_only_loader(
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:
@@ -471,8 +846,8 @@ class TestAuto:
 # --- library hygiene --------------------------------------------------------------------
 
 
-OPTIONAL = ["fastapi", "flask", "httpx", "joblib", "numpy", "onnx", "onnxruntime",
-            "safetensors", "starlette", "torch"]  # fmt: skip
+OPTIONAL = ["fastapi", "flask", "httpx", "joblib", "ml_dtypes", "numpy", "onnx",
+            "onnxruntime", "safetensors", "starlette", "torch"]  # fmt: skip
 
 
 class TestImportHygiene:
