@@ -44,6 +44,7 @@ import linear_model
 
 import clarity_resilience as cr
 from clarity_resilience.degradation.flask import init_app, json_body
+from clarity_resilience.degradation.wsgi import DegradationMiddleware
 
 DEFAULT_DIR = pathlib.Path(os.environ.get("CLARITY_MODEL_DIR", ".demo/model"))
 MAX_BODY_BYTES = 16 * 1024
@@ -69,7 +70,12 @@ def create_app(
         log.warning("model refused at startup: %s", e.reason)
 
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES  # oversized bodies: 413 problem
+    # Bodies over 16 KiB: a 413 problem, also when streamed without a length (Flask's
+    # MAX_CONTENT_LENGTH cuts those off silently: a 400 for the truncated JSON).
+    # init_app serves the probes, so the middleware serves none.
+    app.wsgi_app = DegradationMiddleware(  # type: ignore[method-assign]
+        app.wsgi_app, livez=None, max_body_size=MAX_BODY_BYTES
+    )
     app.extensions["model_guard"] = guard
     init_app(app, guard)
 
