@@ -1,30 +1,29 @@
 """The ``clarity-resilience`` command: create and verify manifests, hash files.
 
 Exit status: 0 all verified, 1 an integrity failure (or any other failure: the
-command fails closed), 2 a usage error. Problems go to stderr, one line each, prefixed
-with the program name; nothing ever ends in a traceback.
+command fails closed), 2 a usage error, 130 interrupted (Ctrl-C). Problems go to
+stderr, one line each, prefixed with the program name; nothing ever ends in a
+traceback.
+
+This module imports only the standard library at import time: the library's own
+modules are imported by :func:`main`, once :func:`run` has its Ctrl-C handler in
+place, so that an interrupt while they import is one line too.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import TYPE_CHECKING, NoReturn
 
-from ._integrity import sha256_file
-from ._manifest import Manifest
-from ._manifest_format import excerpt, format_hash_line
-from ._reasons import Reason
-from .exceptions import (
-    ChecksumMismatchError,
-    ClarityResilienceError,
-    IntegrityError,
-    SizeMismatchError,
-)
-from .instrumentation import get_on_event_hooks, set_on_event_hooks
+if TYPE_CHECKING:
+    from .exceptions import IntegrityError
 
-__all__ = ["main"]
+__all__ = ["main", "run"]
 
 PROG = "clarity-resilience"
 EXIT_OK = 0
@@ -36,26 +35,56 @@ EXIT_INTERRUPTED = 130
 Command = Callable[[argparse.Namespace], int]
 
 
+def run() -> NoReturn:
+    """Run the command line as a program and exit: the console script and ``python -m``.
+
+    Ctrl-C (SIGINT) ends the program at once with status 130 and one line on stderr,
+    wherever it lands: while modules import, while worker threads hash large files
+    (they are not waited for), or while a result is printed.
+    """
+    signal.signal(signal.SIGINT, _exit_interrupted)
+    sys.exit(main())
+
+
+def _exit_interrupted(signum: int, frame: FrameType | None) -> NoReturn:
+    """Print one line and exit 130 now: no traceback, no wait for hashing threads."""
+    # os.write, not print(): the interrupted code may be inside sys.stderr itself.
+    os.write(2, f"{PROG}: interrupted\n".encode())
+    os._exit(EXIT_INTERRUPTED)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line and return its exit status.
+
+    An interrupt (``KeyboardInterrupt``) is reported in one line and returns 130; a
+    program should call :func:`run` instead, which also exits at once.
 
     Args:
         argv: The arguments without the program name (default: ``sys.argv[1:]``).
 
     Returns:
-        0 on success, 1 on an integrity (or other) failure, 2 on a usage error.
+        0 on success, 1 on an integrity (or other) failure, 2 on a usage error, 130
+        when interrupted.
     """
-    # The library's default structlog hook would print audit events to stdout, mixed
-    # with manifest output; the command reports for itself.
-    previous = get_on_event_hooks()
-    set_on_event_hooks([])
     try:
-        return _run(argv)
-    finally:
-        set_on_event_hooks(previous)
+        from .instrumentation import get_on_event_hooks, set_on_event_hooks
+
+        # The library's default structlog hook would print audit events to stdout,
+        # mixed with manifest output; the command reports for itself.
+        previous = get_on_event_hooks()
+        set_on_event_hooks([])
+        try:
+            return _run(argv)
+        finally:
+            set_on_event_hooks(previous)
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return EXIT_INTERRUPTED
 
 
 def _run(argv: Sequence[str] | None) -> int:
+    from .exceptions import ClarityResilienceError
+
     parser = _parser()
     try:
         args = parser.parse_args(argv)
@@ -72,9 +101,6 @@ def _run(argv: Sequence[str] | None) -> int:
         _error(str(e))
     except OSError as e:
         _error(f"{e.filename if e.filename is not None else 'error'}: {e.strerror or e}")
-    except KeyboardInterrupt:
-        _error("interrupted")
-        return EXIT_INTERRUPTED
     except Exception as e:  # noqa: BLE001 - fail closed with one line, never a traceback
         _error(f"internal error: {type(e).__name__}: {str(e)[:200]}")
     return EXIT_FAILURE
@@ -82,6 +108,8 @@ def _run(argv: Sequence[str] | None) -> int:
 
 def create(args: argparse.Namespace) -> int:
     """Build a manifest of a directory and write it to a file or stdout."""
+    from ._manifest import Manifest
+
     exclude = []
     if args.output is not None and (inside := _relative_inside(args.directory, args.output)):
         exclude.append(inside)  # the manifest must not list itself
@@ -102,6 +130,8 @@ def create(args: argparse.Namespace) -> int:
 
 def verify(args: argparse.Namespace) -> int:
     """Check a directory against a manifest; print one line per problem."""
+    from ._manifest import Manifest
+
     manifest = Manifest.read(args.manifest)
     exclude = []
     if inside := _relative_inside(args.directory, args.manifest):
@@ -123,6 +153,9 @@ def verify(args: argparse.Namespace) -> int:
 
 def hash_files(args: argparse.Namespace) -> int:
     """Print a ``sha256sum`` line for each file; report unreadable ones and go on."""
+    from ._integrity import sha256_file
+    from ._manifest_format import format_hash_line
+
     status = EXIT_OK
     for name in args.files:
         try:
@@ -137,6 +170,10 @@ def hash_files(args: argparse.Namespace) -> int:
 
 def describe(problem: IntegrityError, directory: str) -> str:
     """Return one short line for a problem, naming the file relative to ``directory``."""
+    from ._manifest_format import excerpt
+    from ._reasons import Reason
+    from .exceptions import ChecksumMismatchError, SizeMismatchError
+
     name = _display_name(problem.path, directory)
     if isinstance(problem, ChecksumMismatchError):
         return f"{name}: checksum mismatch"
