@@ -5,23 +5,36 @@ command fails closed), 2 a usage error, 130 interrupted (Ctrl-C). Problems go to
 stderr, one line each, prefixed with the program name; nothing ever ends in a
 traceback.
 
-This module imports only the standard library at import time: the library's own
-modules are imported by :func:`main`, once :func:`run` has its Ctrl-C handler in
-place, so that an interrupt while they import is one line too.
+What the command needs beyond the package itself (``argparse``) is imported by
+:func:`main`, once :func:`run` has its Ctrl-C handler in place, so that an interrupt
+while it imports is one line too.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
-from types import FrameType
 from typing import TYPE_CHECKING, NoReturn
 
+from ._integrity import sha256_file
+from ._manifest import Manifest
+from ._manifest_format import excerpt, format_hash_line
+from ._reasons import Reason
+from .exceptions import (
+    ChecksumMismatchError,
+    ClarityResilienceError,
+    IntegrityError,
+    SizeMismatchError,
+)
+from .instrumentation import get_on_event_hooks, set_on_event_hooks
+
 if TYPE_CHECKING:
-    from .exceptions import IntegrityError
+    import argparse
+    from collections.abc import Callable, Sequence
+    from types import FrameType
+
+    Command = Callable[[argparse.Namespace], int]
 
 __all__ = ["main", "run"]
 
@@ -31,8 +44,6 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 # 128 + SIGINT, as shells report an interrupted command.
 EXIT_INTERRUPTED = 130
-
-Command = Callable[[argparse.Namespace], int]
 
 
 def run() -> NoReturn:
@@ -67,8 +78,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         when interrupted.
     """
     try:
-        from .instrumentation import get_on_event_hooks, set_on_event_hooks
-
         # The library's default structlog hook would print audit events to stdout,
         # mixed with manifest output; the command reports for itself.
         previous = get_on_event_hooks()
@@ -83,8 +92,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(argv: Sequence[str] | None) -> int:
-    from .exceptions import ClarityResilienceError
-
     parser = _parser()
     try:
         args = parser.parse_args(argv)
@@ -108,8 +115,6 @@ def _run(argv: Sequence[str] | None) -> int:
 
 def create(args: argparse.Namespace) -> int:
     """Build a manifest of a directory and write it to a file or stdout."""
-    from ._manifest import Manifest
-
     exclude = []
     if args.output is not None and (inside := _relative_inside(args.directory, args.output)):
         exclude.append(inside)  # the manifest must not list itself
@@ -130,8 +135,6 @@ def create(args: argparse.Namespace) -> int:
 
 def verify(args: argparse.Namespace) -> int:
     """Check a directory against a manifest; print one line per problem."""
-    from ._manifest import Manifest
-
     manifest = Manifest.read(args.manifest)
     exclude = []
     if inside := _relative_inside(args.directory, args.manifest):
@@ -153,9 +156,6 @@ def verify(args: argparse.Namespace) -> int:
 
 def hash_files(args: argparse.Namespace) -> int:
     """Print a ``sha256sum`` line for each file; report unreadable ones and go on."""
-    from ._integrity import sha256_file
-    from ._manifest_format import format_hash_line
-
     status = EXIT_OK
     for name in args.files:
         try:
@@ -170,10 +170,6 @@ def hash_files(args: argparse.Namespace) -> int:
 
 def describe(problem: IntegrityError, directory: str) -> str:
     """Return one short line for a problem, naming the file relative to ``directory``."""
-    from ._manifest_format import excerpt
-    from ._reasons import Reason
-    from .exceptions import ChecksumMismatchError, SizeMismatchError
-
     name = _display_name(problem.path, directory)
     if isinstance(problem, ChecksumMismatchError):
         return f"{name}: checksum mismatch"
@@ -228,6 +224,8 @@ def _write_stdout(text: str) -> None:
 
 
 def _workers(value: str) -> int:
+    import argparse
+
     try:
         workers = int(value)
     except ValueError:
@@ -238,6 +236,8 @@ def _workers(value: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    import argparse
+
     from . import __version__
 
     parser = argparse.ArgumentParser(

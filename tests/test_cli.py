@@ -494,22 +494,22 @@ class TestInterrupt:
         assert (status, out, err) == (130, "", "clarity-resilience: interrupted\n")
 
     @pytest.mark.parametrize("entry", ENTRIES)
-    def test_ctrl_c_while_the_library_imports(
+    def test_ctrl_c_while_the_command_imports(
         self,
         entry: str,
         model_dir: pathlib.Path,
         manifest_file: pathlib.Path,
         tmp_path: pathlib.Path,
     ) -> None:
-        """SIGINT while the library's modules import: exit 130, one line, no traceback.
+        """SIGINT while the command imports its parts: exit 130, one line, no traceback.
 
-        A stand-in for the standard ``hmac`` module (which the integrity code imports)
+        A stand-in for the standard ``argparse`` module (which only the command uses)
         says when it is being imported, then waits there for the signal.
         """
         stand_ins = tmp_path / "stand-ins"
         stand_ins.mkdir()
         importing = tmp_path / "importing"
-        (stand_ins / "hmac.py").write_text(
+        (stand_ins / "argparse.py").write_text(
             "import os, time\n"
             "open(os.environ['CLARITY_TEST_IMPORTING'], 'w').close()\n"
             "deadline = time.monotonic() + 120\n"
@@ -520,7 +520,7 @@ class TestInterrupt:
         env = cli_env(stand_ins) | {"CLARITY_TEST_IMPORTING": str(importing)}
         argv = ["verify", str(model_dir), "--manifest", str(manifest_file)]
         with started(entry, *argv, env=env) as proc:
-            wait_until(proc, importing.exists, "importing hmac")
+            wait_until(proc, importing.exists, "importing argparse")
             status, out, err = interrupt(proc)
         assert "Traceback" not in err
         assert (status, out, err) == (130, "", "clarity-resilience: interrupted\n")
