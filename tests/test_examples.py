@@ -382,6 +382,27 @@ class TestExampleService:
         assert breaker_opened(registry) == 0.0
         assert sample(registry, "prediction_failure_total", model="linear", reason="internal") == 0
 
+    def test_wrong_method_or_media_type_is_a_4xx(
+        self, server: Server, tmp_path: pathlib.Path, registry: CollectorRegistry
+    ) -> None:
+        """A wrong method or Content-Type gets the framework's documented 4xx, never a 500."""
+        fastapi = server is run_fastapi
+        body = json.dumps({"features": FEATURES}).encode()
+        with server(tmp_path / "model", registry) as url, httpx.Client(base_url=url) as c:
+            plain = c.post("/predict", content=body, headers={"content-type": "text/plain"})
+            bare = c.post("/predict", content=body)
+            wrong_method = c.get("/predict")
+            after = c.post("/predict", json={"features": FEATURES})
+        # FastAPI validates any body as JSON (a 422 problem); Flask answers 415 itself.
+        if fastapi:
+            assert_problem(plain, 422, "invalid_input")
+            assert_problem(bare, 422, "invalid_input")
+        else:
+            assert (plain.status_code, bare.status_code) == (415, 415)
+        assert wrong_method.status_code == 405
+        assert after.status_code == 200
+        assert breaker_opened(registry) == 0.0
+
     def test_chunked_oversized_body_is_a_413(
         self, server: Server, tmp_path: pathlib.Path, registry: CollectorRegistry
     ) -> None:
