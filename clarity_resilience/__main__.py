@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
-from ._cli import main
-
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        from ._cli import run
+    except KeyboardInterrupt:
+        # Ctrl-C before the command's own handler is in place: the same one line.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        sys.stderr.write("clarity-resilience: interrupted\n")
+        sys.exit(130)
+    run()

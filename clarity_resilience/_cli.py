@@ -1,16 +1,21 @@
 """The ``clarity-resilience`` command: create and verify manifests, hash files.
 
 Exit status: 0 all verified, 1 an integrity failure (or any other failure: the
-command fails closed), 2 a usage error. Problems go to stderr, one line each, prefixed
-with the program name; nothing ever ends in a traceback.
+command fails closed), 2 a usage error, 130 interrupted (Ctrl-C). Problems go to
+stderr, one line each, prefixed with the program name; nothing ever ends in a
+traceback.
+
+What the command needs beyond the package itself (``argparse``) is imported by
+:func:`main`, once :func:`run` has its Ctrl-C handler in place, so that an interrupt
+while it imports is one line too.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, NoReturn
 
 from ._integrity import sha256_file
 from ._manifest import Manifest
@@ -24,7 +29,14 @@ from .exceptions import (
 )
 from .instrumentation import get_on_event_hooks, set_on_event_hooks
 
-__all__ = ["main"]
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable, Sequence
+    from types import FrameType
+
+    Command = Callable[[argparse.Namespace], int]
+
+__all__ = ["main", "run"]
 
 PROG = "clarity-resilience"
 EXIT_OK = 0
@@ -33,26 +45,50 @@ EXIT_USAGE = 2
 # 128 + SIGINT, as shells report an interrupted command.
 EXIT_INTERRUPTED = 130
 
-Command = Callable[[argparse.Namespace], int]
+
+def run() -> NoReturn:
+    """Run the command line as a program and exit: the console script and ``python -m``.
+
+    Ctrl-C (SIGINT) ends the program at once with status 130 and one line on stderr,
+    wherever it lands: while modules import, while worker threads hash large files
+    (they are not waited for), or while a result is printed.
+    """
+    signal.signal(signal.SIGINT, _exit_interrupted)
+    sys.exit(main())
+
+
+def _exit_interrupted(signum: int, frame: FrameType | None) -> NoReturn:
+    """Print one line and exit 130 now: no traceback, no wait for hashing threads."""
+    # os.write, not print(): the interrupted code may be inside sys.stderr itself.
+    os.write(2, f"{PROG}: interrupted\n".encode())
+    os._exit(EXIT_INTERRUPTED)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line and return its exit status.
 
+    An interrupt (``KeyboardInterrupt``) is reported in one line and returns 130; a
+    program should call :func:`run` instead, which also exits at once.
+
     Args:
         argv: The arguments without the program name (default: ``sys.argv[1:]``).
 
     Returns:
-        0 on success, 1 on an integrity (or other) failure, 2 on a usage error.
+        0 on success, 1 on an integrity (or other) failure, 2 on a usage error, 130
+        when interrupted.
     """
-    # The library's default structlog hook would print audit events to stdout, mixed
-    # with manifest output; the command reports for itself.
-    previous = get_on_event_hooks()
-    set_on_event_hooks([])
     try:
-        return _run(argv)
-    finally:
-        set_on_event_hooks(previous)
+        # The library's default structlog hook would print audit events to stdout,
+        # mixed with manifest output; the command reports for itself.
+        previous = get_on_event_hooks()
+        set_on_event_hooks([])
+        try:
+            return _run(argv)
+        finally:
+            set_on_event_hooks(previous)
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return EXIT_INTERRUPTED
 
 
 def _run(argv: Sequence[str] | None) -> int:
@@ -72,9 +108,6 @@ def _run(argv: Sequence[str] | None) -> int:
         _error(str(e))
     except OSError as e:
         _error(f"{e.filename if e.filename is not None else 'error'}: {e.strerror or e}")
-    except KeyboardInterrupt:
-        _error("interrupted")
-        return EXIT_INTERRUPTED
     except Exception as e:  # noqa: BLE001 - fail closed with one line, never a traceback
         _error(f"internal error: {type(e).__name__}: {str(e)[:200]}")
     return EXIT_FAILURE
@@ -192,6 +225,8 @@ def _write_stdout(text: str) -> None:
 
 
 def _workers(value: str) -> int:
+    import argparse
+
     try:
         workers = int(value)
     except ValueError:
@@ -202,6 +237,8 @@ def _workers(value: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    import argparse
+
     from . import __version__
 
     parser = argparse.ArgumentParser(

@@ -5,9 +5,23 @@ Run it::
     pip install "clarity-resilience[fastapi,safetensors]" uvicorn
     python examples/fastapi_app.py            # http://127.0.0.1:8000/docs
 
-Endpoints: ``POST /predict`` (``{"features": [4 finite numbers]}``), ``GET /model``,
-``POST /admin/reload`` (verify the model and manifest on disk, promote only if they pass),
-``GET /metrics``, ``GET /livez``, ``GET /readyz``.
+Endpoints (every answer is JSON; every error an ``application/problem+json`` body):
+
+- ``POST /predict`` with ``{"features": [4 numbers]}``: 200 ``{"prediction": number}``.
+  Input that is not exactly four numbers within float32's finite range (``NaN``,
+  ``Infinity``, ``1e39``, a 400-digit integer, a string, a bool, another shape, an
+  unknown key) is a 422 ``invalid_input``; a body that cannot be parsed (JSON nested
+  too deep, an integer of thousands of digits) a 400; a body over 16 KiB a 413. None
+  of these counts against the breaker. No verified model, a refused model or an open
+  breaker: 503 with ``Retry-After``. A score that is not finite is a model failure: a
+  503, counted by the breaker.
+- ``GET /model``: the verified model's tensor shapes and status (503 while nothing
+  verified is serving).
+- ``POST /admin/reload``: verify the model and manifest on disk and promote them only
+  if they pass (200); a refused version answers 409 and the last known good one keeps
+  serving. Protect this route in a real service.
+- ``GET /metrics`` (Prometheus), ``GET /livez`` (always 200), ``GET /readyz`` (200 once
+  a verified model serves, else 503).
 """
 
 from __future__ import annotations
@@ -17,7 +31,7 @@ import logging
 import os
 import pathlib
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Response
@@ -29,22 +43,32 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import linear_model
 
 import clarity_resilience as cr
+from clarity_resilience.degradation.asgi import DegradationMiddleware
 from clarity_resilience.degradation.fastapi import install, model_dependency
 
 DEFAULT_DIR = pathlib.Path(os.environ.get("CLARITY_MODEL_DIR", ".demo/model"))
+MAX_BODY_BYTES = 16 * 1024
 log = logging.getLogger("fastapi_app")
 
-Predictor = Callable[[linear_model.Model, Sequence[object]], float]
+Feature = Annotated[
+    float,
+    # strict: true/false and "1.5" are not numbers (ints still are). NaN, infinities
+    # and numbers float32 cannot hold are refused before any model code runs.
+    Field(
+        strict=True,
+        allow_inf_nan=False,
+        ge=-linear_model.FLOAT32_MAX,
+        le=linear_model.FLOAT32_MAX,
+    ),
+]
 
 
 class PredictRequest(BaseModel):
     """One example to score."""
 
     model_config = ConfigDict(extra="forbid")
-    # NaN and infinities are refused by pydantic before any model code runs; strict:
-    # true/false and "1.5" are not numbers (ints still are).
     features: Annotated[
-        list[Annotated[float, Field(allow_inf_nan=False, strict=True)]],
+        list[Feature],
         Field(min_length=linear_model.N_FEATURES, max_length=linear_model.N_FEATURES),
     ]
 
@@ -54,11 +78,12 @@ def create_app(
     *,
     registry: CollectorRegistry | None = None,
     breaker: cr.Breaker | None = None,
-    predictor: Predictor = linear_model.predict,
+    predictor: linear_model.Predictor = linear_model.predict,
 ) -> FastAPI:
     """Build the app; the model is verified and loaded at startup (lifespan)."""
     registry = registry if registry is not None else CollectorRegistry()
     guard = linear_model.make_guard(model_dir, breaker=breaker, registry=registry)
+    score = linear_model.checked(predictor)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -73,19 +98,26 @@ def create_app(
     app = FastAPI(title="clarity-resilience example", lifespan=lifespan)
     app.state.guard = guard
     install(app, guard)
+    # Only for the body limit (install() serves the probes): 413 past 16 KiB, streamed
+    # bodies included, before FastAPI buffers them.
+    app.add_middleware(DegradationMiddleware, livez=None, max_body_size=MAX_BODY_BYTES)
     verified_model = model_dependency(guard)
 
     @app.post("/predict")
     async def predict(request: PredictRequest) -> dict[str, float]:
         # No model yet, a refused model, an open breaker: all become problem+json 503s.
-        prediction = await guard.predict_async(predictor, request.features)
+        prediction = await guard.predict_async(score, request.features)
         return {"prediction": prediction}
 
     @app.get("/model")
-    def model_info(
-        model: Annotated[linear_model.Model, Depends(verified_model)],
+    async def model_info(
+        # A default, not Annotated[..., Depends(...)]: with postponed annotations
+        # FastAPI resolves annotation strings in module globals, where the local
+        # verified_model does not exist (the route would expect a query parameter).
+        model: linear_model.Model = Depends(verified_model),  # noqa: B008
     ) -> dict[str, Any]:
-        return {"tensors": {k: list(v.shape) for k, v in model.items()}, **guard.status()}
+        serving = linear_model.public_status(guard)
+        return {"tensors": linear_model.shapes(model), "serving": serving}
 
     @app.post("/admin/reload")
     async def reload() -> Response:
@@ -94,11 +126,10 @@ def create_app(
         except cr.ClarityResilienceError as e:
             # Refused: the last known good model keeps serving. 409, not 503: the
             # service is fine, the candidate is not.
-            return JSONResponse(
-                {"promoted": False, "reason": str(e.reason), "serving": guard.status()},
-                status_code=409,
-            )
-        return JSONResponse({"promoted": True, "serving": guard.status()})
+            serving = linear_model.public_status(guard)
+            body = {"promoted": False, "reason": str(e.reason), "serving": serving}
+            return JSONResponse(body, status_code=409)
+        return JSONResponse({"promoted": True, "serving": linear_model.public_status(guard)})
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
@@ -108,7 +139,7 @@ def create_app(
 
 
 def main() -> None:
-    """Serve the example with uvicorn on 127.0.0.1 (port from argv, default 8000)."""
+    """Serve the example with uvicorn on 127.0.0.1 (port from argv, default 8000; 0: any)."""
     import uvicorn
 
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 8000

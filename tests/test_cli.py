@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
+import time
+import tomllib
+from collections.abc import Callable, Iterator
 
 import pytest
 from trees import make_tree
@@ -39,14 +44,26 @@ def manifest_file(model_dir: pathlib.Path) -> pathlib.Path:
     return path
 
 
-def run_module(*args: str, cwd: pathlib.Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run `python -m clarity_resilience` against the checkout, or the installed wheel."""
+def cli_env(*first: pathlib.Path) -> dict[str, str]:
+    """Return an environment that imports the checkout (or the installed wheel).
+
+    Directories in ``first`` go to the front of ``PYTHONPATH``.
+    """
     env = dict(os.environ)
+    path = [str(p) for p in first]
     if os.environ.get("CLARITY_TEST_INSTALLED") != "1":
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        path.append(str(REPO))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [*path, env.get("PYTHONPATH")]))
+    return env
+
+
+def run_module(
+    *args: str, cwd: pathlib.Path | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m clarity_resilience` against the checkout, or the installed wheel."""
     return subprocess.run(
         [sys.executable, "-m", "clarity_resilience", *args],
-        capture_output=True, text=True, env=env, cwd=cwd, check=False, timeout=60,
+        capture_output=True, text=True, env=cli_env(), cwd=cwd, check=False, timeout=timeout,
     )  # fmt: skip
 
 
@@ -163,6 +180,37 @@ class TestVerify:
         assert main(argv) == 1
         assert main([*argv, "--allow-extra"]) == 0
 
+    def test_allow_extra_still_fails_a_checksum_mismatch(
+        self,
+        model_dir: pathlib.Path,
+        manifest_file: pathlib.Path,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """--allow-extra accepts only the extra file: a changed listed file still exits 1."""
+        (model_dir / "README").write_text("hi")
+        argv = ["verify", str(model_dir), "--manifest", str(manifest_file), "--allow-extra"]
+        assert main(argv) == 0
+        assert capsys.readouterr() == (f"{model_dir}: OK (3 files verified)\n", "")
+        # Same size, last digit of the content changed: only the digest tells.
+        (model_dir / "config.json").write_bytes(b'{"layers": 3}')
+        assert main(argv) == 1
+        out, err = capsys.readouterr()
+        assert out == ""
+        assert err == "clarity-resilience: config.json: checksum mismatch\n"
+
+    def test_allow_extra_still_fails_a_missing_file(
+        self,
+        model_dir: pathlib.Path,
+        manifest_file: pathlib.Path,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """--allow-extra does not excuse a listed file that is gone."""
+        (model_dir / "README").write_text("hi")
+        (model_dir / "sub" / "tokenizer.txt").unlink()
+        argv = ["verify", str(model_dir), "--manifest", str(manifest_file), "--allow-extra"]
+        assert main(argv) == 1
+        assert capsys.readouterr().err == "clarity-resilience: sub/tokenizer.txt: does not exist\n"
+
     def test_malformed_manifest_fails_closed(
         self, model_dir: pathlib.Path, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
@@ -175,6 +223,26 @@ class TestVerify:
         assert err.startswith(f"clarity-resilience: line 2 of {manifest}: ")
         assert err.count("\n") == 1
         assert len(err) < 300 + len(str(manifest))
+
+    def test_fifo_manifest_fails_in_one_line(
+        self, model_dir: pathlib.Path, tmp_path: pathlib.Path
+    ) -> None:
+        """A FIFO as the manifest exits 1 with one line instead of blocking forever.
+
+        Needs the manifest reader to refuse non-regular files (issue 8, item 2); it runs
+        as a process, so that a hang is a timeout and a failure, not a stuck suite.
+        """
+        fifo = tmp_path / "MANIFEST.sha256"
+        os.mkfifo(fifo)
+        try:
+            done = run_module("verify", str(model_dir), "--manifest", str(fifo), timeout=60)
+        except subprocess.TimeoutExpired:  # run() has killed the process
+            pytest.fail("verify blocked on a FIFO manifest for 60 s")
+        assert done.returncode == 1
+        assert done.stdout == ""
+        assert done.stderr.startswith("clarity-resilience: ")
+        assert done.stderr.count("\n") == 1
+        assert "Traceback" not in done.stderr
 
     def test_missing_manifest(
         self, model_dir: pathlib.Path, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
@@ -220,6 +288,20 @@ class TestUnexpectedErrors:
         monkeypatch.setattr(_cli, "verify", broken)
         assert main(["verify", "d", "--manifest", "m"]) == 1
         assert capsys.readouterr().err == "clarity-resilience: internal error: RuntimeError: bug\n"
+
+
+class TestInterruptedInProcess:
+    def test_keyboard_interrupt_returns_130_in_one_line(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """main() reports a KeyboardInterrupt in one line and returns 130."""
+
+        def interrupted(args: argparse.Namespace) -> int:
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(_cli, "verify", interrupted)
+        assert main(["verify", "d", "--manifest", "m"]) == 130
+        assert capsys.readouterr() == ("", "clarity-resilience: interrupted\n")
 
 
 class TestHash:
@@ -303,3 +385,142 @@ class TestModule:
         assert done.returncode == code
         assert "Traceback" not in done.stderr + done.stdout
         assert done.stderr.strip()
+
+
+# -- Ctrl-C, for real: SIGINT to a running command ------------------------------------
+
+#: Seconds a command gets to show it has started, and then to exit after SIGINT. Both
+#: are generous for a busy machine; an interrupted command exits at once.
+START_TIMEOUT = 60.0
+EXIT_TIMEOUT = 30.0
+#: Sparse files: instant to create, and hashing them takes minutes.
+HUGE = 256 * 1024**3
+
+# The child restores SIGINT's default before it becomes the command: a shell starts
+# background jobs with SIGINT ignored, and an ignored signal would stay ignored.
+_TRAMPOLINE = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
+
+
+def entry_point(entry: str) -> list[str]:
+    """Return the Python arguments that start the command as ``entry`` does.
+
+    ``script`` is what the installed ``clarity-resilience`` script runs: the function
+    pyproject.toml names, imported at the top and called (as pip's wrapper does).
+    """
+    if entry == "module":
+        return ["-m", "clarity_resilience"]
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    module, function = pyproject["project"]["scripts"]["clarity-resilience"].split(":")
+    return ["-c", f"import sys\nfrom {module} import {function}\nsys.exit({function}())"]
+
+
+ENTRIES = [pytest.param("module", id="python-m"), pytest.param("script", id="console-script")]
+
+
+@contextlib.contextmanager
+def started(
+    entry: str, *args: str, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[str]]:
+    """Start the command as a process; it is always killed and reaped at the end."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _TRAMPOLINE, sys.executable, *entry_point(entry), *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env if env is not None else cli_env(),
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+def wait_until(proc: subprocess.Popen[str], ready: Callable[[], bool], what: str) -> None:
+    """Poll ``ready`` until it is true; fail if the process exits or time runs out first."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while not ready():
+        if proc.poll() is not None:
+            _, err = proc.communicate()
+            pytest.fail(f"the command exited ({proc.returncode}) before {what}: {err!r}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"the command did not start {what} in {START_TIMEOUT} s")
+        time.sleep(0.02)
+
+
+def interrupt(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
+    """Send SIGINT; return the exit status, stdout and stderr (fail if it does not exit)."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, err = proc.communicate(timeout=EXIT_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the command was still running {EXIT_TIMEOUT} s after SIGINT")
+    return proc.returncode, out, err
+
+
+def open_files(pid: int) -> set[str]:
+    """Return the paths the process has open (from /proc)."""
+    paths = set()
+    with contextlib.suppress(FileNotFoundError):  # the process has exited
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):  # closed while we looked
+                paths.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+    return paths
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+class TestInterrupt:
+    @pytest.mark.parametrize("entry", ENTRIES)
+    def test_ctrl_c_during_a_long_verify(self, entry: str, tmp_path: pathlib.Path) -> None:
+        """SIGINT while threads hash huge files: exit 130 at once, one line, no traceback."""
+        directory = tmp_path / "model"
+        make_tree(directory, {"a.bin": b"a", "b.bin": b"b"})
+        manifest = tmp_path / "manifest.json"
+        Manifest.build(directory).write(manifest, format="json")
+        document = json.loads(manifest.read_text())
+        for name in ("a.bin", "b.bin"):
+            os.truncate(directory / name, HUGE)  # same digest listed: a mismatch, minutes away
+            document["files"][name]["size"] = HUGE
+        manifest.write_text(json.dumps(document))
+        huge = {str(directory / "a.bin"), str(directory / "b.bin")}
+        with started(entry, "verify", str(directory), "--manifest", str(manifest)) as proc:
+            wait_until(proc, lambda: bool(open_files(proc.pid) & huge), "hashing")
+            status, out, err = interrupt(proc)
+        assert (status, out, err) == (130, "", "clarity-resilience: interrupted\n")
+
+    @pytest.mark.parametrize("entry", ENTRIES)
+    def test_ctrl_c_while_the_command_imports(
+        self,
+        entry: str,
+        model_dir: pathlib.Path,
+        manifest_file: pathlib.Path,
+        tmp_path: pathlib.Path,
+    ) -> None:
+        """SIGINT while the command imports its parts: exit 130, one line, no traceback.
+
+        A stand-in for the standard ``argparse`` module (which only the command uses)
+        says when it is being imported, then waits there for the signal.
+        """
+        stand_ins = tmp_path / "stand-ins"
+        stand_ins.mkdir()
+        importing = tmp_path / "importing"
+        (stand_ins / "argparse.py").write_text(
+            "import os, time\n"
+            "open(os.environ['CLARITY_TEST_IMPORTING'], 'w').close()\n"
+            "deadline = time.monotonic() + 120\n"
+            "while time.monotonic() < deadline:\n"
+            "    time.sleep(0.01)\n"
+            "raise ImportError('no SIGINT came')\n"
+        )
+        env = cli_env(stand_ins) | {"CLARITY_TEST_IMPORTING": str(importing)}
+        argv = ["verify", str(model_dir), "--manifest", str(manifest_file)]
+        with started(entry, *argv, env=env) as proc:
+            wait_until(proc, importing.exists, "importing argparse")
+            status, out, err = interrupt(proc)
+        assert "Traceback" not in err
+        assert (status, out, err) == (130, "", "clarity-resilience: interrupted\n")

@@ -15,7 +15,7 @@ from degradation_helpers import LIMIT, assert_problem
 from degradation_stacks import FLASK
 from flask import Flask, request
 
-from clarity_resilience.degradation.flask import init_app
+from clarity_resilience.degradation.flask import init_app, json_body
 
 
 @pytest.fixture
@@ -70,3 +70,44 @@ class TestBadInput:
             assert http.post("/echo", content=b"x" * LIMIT).json() == {"size": LIMIT}
             response = http.post("/echo", content=b"x" * (LIMIT + 1))
         assert_problem(response, 413, "invalid_input", None)
+
+
+class TestJsonBody:
+    @pytest.fixture
+    def echo(self) -> Iterator[httpx.Client]:
+        """Serve an app whose view returns what json_body() parsed; yield a client."""
+        app = Flask("json_body")
+        init_app(app)
+
+        @app.post("/echo")
+        def echo() -> Any:
+            return {"parsed": json_body()}
+
+        with FLASK.serve(app) as http:
+            yield http
+
+    @pytest.mark.parametrize(
+        "body",
+        [
+            pytest.param(b"[NaN]", id="nan"),
+            pytest.param(b'{"a": {"b": [1, Infinity]}}', id="nested-infinity"),
+            pytest.param(b"[-Infinity]", id="minus-infinity"),
+            pytest.param(b"[1e999]", id="overflows-to-infinity"),
+            pytest.param(b"[1, [2, [-1e309]]]", id="nested-minus-1e309"),
+            pytest.param(b"[" + b"9" * 400 + b"]", id="400-digit-int"),
+            pytest.param(b'{"x": -' + b"9" * 309 + b"}", id="int-just-beyond-float"),
+        ],
+    )
+    def test_numbers_no_float_holds_are_a_422(self, echo: httpx.Client, body: bytes) -> None:
+        """NaN, infinities and integers beyond float range are invalid input, never a 500."""
+        response = echo.post("/echo", content=body, headers={"content-type": "application/json"})
+        assert_problem(response, 422, "invalid_input", None)
+
+    def test_finite_numbers_pass_through(self, echo: httpx.Client) -> None:
+        """Large but finite numbers and the largest float-sized integer are returned as parsed."""
+        body = b'{"a": [1.5e308, -2, true, null, "NaN"], "b": ' + b"9" * 308 + b"}"
+        response = echo.post("/echo", content=body, headers={"content-type": "application/json"})
+        assert response.status_code == 200
+        assert response.json() == {
+            "parsed": {"a": [1.5e308, -2, True, None, "NaN"], "b": 10**308 - 1}
+        }

@@ -106,6 +106,12 @@ def model_dependency(guard: ModelGuard[M]) -> Callable[[], Awaitable[M]]:
     nothing verified is serving, it raises
     :class:`~clarity_resilience.ModelUnavailableError`, which :func:`install` answers
     with a 503.
+
+    In an app factory whose module has ``from __future__ import annotations``, keep
+    the dependency in a local variable and pass it as a default value
+    (``model: Model = Depends(verified_model)``): FastAPI resolves annotation strings
+    in the module's globals, so an ``Annotated[...]`` naming a local fails to resolve
+    and the route answers every request with a 422.
     """
 
     async def verified_model() -> M:

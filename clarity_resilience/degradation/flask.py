@@ -11,13 +11,15 @@ which the handler installed here answers with a 503. Read JSON with :func:`json_
 
 from __future__ import annotations
 
+import math
+import sys
 from typing import Any
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 
 from .._guard import ModelGuard
-from ..exceptions import ClarityResilienceError
+from ..exceptions import ClarityResilienceError, InvalidInputError
 from ._problem import (
     HealthResponse,
     Problem,
@@ -87,11 +89,40 @@ def json_body() -> Any:
     ``Content-Type`` ``UnsupportedMediaType``), and JSON nested too deeply for Python's
     parser raises ``BadRequest`` too, where Flask lets its ``RecursionError`` through
     as a 500. With :func:`init_app`, both are 400 ``invalid_input`` problems.
+
+    Numbers no float can hold are refused too: ``NaN``, ``Infinity`` and
+    ``-Infinity`` (which Python's parser accepts although JSON has no such values), a
+    number that overflows to an infinity (``1e999``), and an integer beyond float range
+    (a 400-digit integer, whose ``float()`` raises ``OverflowError``). They raise
+    :class:`~clarity_resilience.InvalidInputError`: with :func:`init_app`, a 422
+    ``invalid_input`` problem, never a 500, and breakers ignore it.
+
+    Raises:
+        BadRequest: The body is not JSON, or is nested too deeply to parse.
+        UnsupportedMediaType: The ``Content-Type`` is not JSON.
+        InvalidInputError: The body holds a number that is not a finite float.
     """
     try:
-        return request.get_json()
+        document = request.get_json()
     except RecursionError as e:
         raise BadRequest() from e
+    _refuse_non_finite(document)
+    return document
+
+
+def _refuse_non_finite(document: Any) -> None:
+    """Raise InvalidInputError if ``document`` holds a number that is not a finite float."""
+    pending = [document]
+    while pending:  # a loop, not recursion: the nesting depth is the client's choice
+        value = pending.pop()
+        if isinstance(value, dict):
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise InvalidInputError("the JSON body holds a number that is not finite")
+        elif isinstance(value, int) and not -sys.float_info.max <= value <= sys.float_info.max:
+            raise InvalidInputError("the JSON body holds an integer beyond float range")
 
 
 def _problem_handler(exc: ClarityResilienceError) -> Response:
