@@ -493,6 +493,34 @@ class TestInterrupt:
             status, out, err = interrupt(proc)
         assert (status, out, err) == (130, "", "clarity-resilience: interrupted\n")
 
+    def test_ctrl_c_while_the_package_imports(
+        self, model_dir: pathlib.Path, manifest_file: pathlib.Path, tmp_path: pathlib.Path
+    ) -> None:
+        """SIGINT while the console script imports the package itself: 130, one line.
+
+        A stand-in for the standard ``fnmatch`` module (imported by the package, not by
+        the entry point) waits for the signal, so the interrupt lands while the package
+        imports.
+        """
+        stand_ins = tmp_path / "stand-ins"
+        stand_ins.mkdir()
+        importing = tmp_path / "importing"
+        (stand_ins / "fnmatch.py").write_text(
+            "import os, time\n"
+            "open(os.environ['CLARITY_TEST_IMPORTING'], 'w').close()\n"
+            "deadline = time.monotonic() + 120\n"
+            "while time.monotonic() < deadline:\n"
+            "    time.sleep(0.01)\n"
+            "raise ImportError('no SIGINT came')\n"
+        )
+        env = cli_env(stand_ins) | {"CLARITY_TEST_IMPORTING": str(importing)}
+        argv = ["verify", str(model_dir), "--manifest", str(manifest_file)]
+        with started("script", *argv, env=env) as proc:
+            wait_until(proc, importing.exists, "importing the package")
+            status, out, err = interrupt(proc)
+        assert "Traceback" not in err
+        assert (status, out, err) == (130, "", "clarity-resilience: interrupted\n")
+
     @pytest.mark.parametrize("entry", ENTRIES)
     def test_ctrl_c_while_the_command_imports(
         self,
