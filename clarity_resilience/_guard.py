@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from ._manifest import Manifest
-    from .sources import HttpSource
+    from .sources import CachedSource
 
 __all__ = ["ModelGuard"]
 
@@ -102,7 +102,7 @@ class ModelGuard(Generic[M]):
         size: int | None = None,
         manifest: Manifest | str | os.PathLike[str] | None = None,
         entry: str | None = None,
-        source: HttpSource | None = None,
+        source: CachedSource | None = None,
         version: str | None = None,
         expected_version: str | None = None,
         loader: Callable[[bytes], M] | None = None,
@@ -190,7 +190,7 @@ class ModelGuard(Generic[M]):
         size: int | None = None,
         manifest: Manifest | str | os.PathLike[str] | None = None,
         entry: str | None = None,
-        source: HttpSource | None = None,
+        source: CachedSource | None = None,
         version: str | None = None,
     ) -> M:
         """Verify and load a new version off the serving path, then swap atomically.

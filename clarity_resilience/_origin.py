@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from ._manifest import Manifest
-    from .sources import HttpSource
+    from .sources import CachedSource
 
 __all__ = ["Origin", "make_origin"]
 
@@ -38,7 +38,7 @@ class Origin:
     version: str | None
     manifest: Manifest | str | None = None
     entry: str | None = None
-    source: HttpSource | None = None
+    source: CachedSource | None = None
     expected_version: str | None = None
 
     def read(self, *, model: str, registry: CollectorRegistry | None) -> VerifiedBytes:
@@ -90,7 +90,7 @@ class Origin:
         return VerifiedBytes(data, item.sha256, self.version or manifest.version)
 
     def _read_from_source(
-        self, source: HttpSource, model: str, registry: CollectorRegistry | None
+        self, source: CachedSource, model: str, registry: CollectorRegistry | None
     ) -> VerifiedBytes:
         """Read the source's cached copy, fetching (or re-fetching) it when needed.
 
@@ -167,7 +167,7 @@ def make_origin(  # noqa: PLR0917 - private; mirrors ModelGuard's keywords
     size: int | None,
     manifest: Manifest | str | os.PathLike[str] | None,
     entry: str | None,
-    source: HttpSource | None,
+    source: CachedSource | None,
     version: str | None,
     expected_version: str | None = None,
 ) -> Origin:

@@ -104,7 +104,9 @@ def make_source(server: ArtifactServer, cache: pathlib.Path, **kwargs: Any) -> H
 
 
 def cache_entries(cache: pathlib.Path) -> list[str]:
-    return sorted(os.listdir(cache)) if cache.exists() else []
+    """Return the cache's entries but the (empty, hidden) per-artifact lock files."""
+    names = os.listdir(cache) if cache.exists() else []
+    return sorted(name for name in names if not name.endswith(".lock"))
 
 
 class TestFetch:
