@@ -185,12 +185,13 @@ class FsspecSource(CachedSource):
                         "retries": {"total_max_attempts": 1},
                     }
                     options["config_kwargs"] = config | dict(options.get("config_kwargs", {}))
-                    options.setdefault("retries", 1)
                     if self.version_id is not None:
                         options["version_aware"] = True
                 self._fs, self._path = fsspec.core.url_to_fs(
                     self.url, skip_instance_cache=True, **options
                 )
+                if self.protocol in _S3:
+                    self._fs.retries = 1  # s3fs's own retry loop (a class attribute)
             return self._fs, self._path
 
     @contextlib.contextmanager
