@@ -31,7 +31,7 @@ import httpx
 
 #: Dummy credentials: moto accepts any; tests assert they never leak.
 ACCESS_KEY = "AKIAFAKEACCESSKEY0001"
-SECRET_KEY = "fake-secret-key-that-must-never-be-logged"  # noqa: S105
+SECRET_KEY = "fake-secret-key-that-must-never-be-logged"
 REGION = "us-east-1"
 
 
@@ -182,7 +182,7 @@ def _counting_server_class() -> type[Any]:
     return CountingMotoServer
 
 
-def _CountingMotoServer(owner: MotoS3, *, port: int) -> Any:  # noqa: N802
+def _CountingMotoServer(owner: MotoS3, *, port: int) -> Any:
     return _counting_server_class()(owner, port=port)
 
 
