@@ -253,15 +253,20 @@ class FsspecSource(CachedSource):
         import huggingface_hub
 
         assert self._hf is not None
+        options = self._options
         local = huggingface_hub.hf_hub_download(
             self._hf["repo"] or "",
             self._hf["file"] or "",
             repo_type=self._hf["type"],
             revision=self.revision,
-            cache_dir=self._options.get("cache_dir"),
-            token=self._options.get("token"),
+            cache_dir=options.get("cache_dir"),
+            token=options.get("token"),
+            endpoint=options.get("endpoint"),
+            local_files_only=bool(options.get("local_files_only", False)),
             etag_timeout=self.timeout,
         )
+        if not isinstance(local, str | os.PathLike):
+            raise TypeError(f"hf_hub_download returned {type(local).__name__}, not a path")
         with open(local, "rb") as f:
             yield Body(os.fstat(f.fileno()).st_size, _chunks(f))
 

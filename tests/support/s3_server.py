@@ -67,6 +67,13 @@ class MotoS3:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def alive(self) -> bool:
+        """Return whether the server (thread or process) is running."""
+        if self.process:
+            return self._proc is not None and self._proc.poll() is None
+        return self._server is not None
+
     def start(self) -> MotoS3:
         """Start the server (again on the same port) and wait until it answers."""
         if self.process:
