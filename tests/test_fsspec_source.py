@@ -268,8 +268,13 @@ class TestS3:
                 source.fetch()
             errors.append(info.value)
         reported = " ".join(
-            [*(f"{e!s} {e!r} {e.path}" for e in errors), *(repr(e) for e in events)]
-            + [repr(good), repr(userinfo), generate_latest(registry).decode()]
+            [
+                *(f"{e!s} {e!r} {e.path}" for e in errors),
+                *(repr(e) for e in events),
+                repr(good),
+                repr(userinfo),
+                generate_latest(registry).decode(),
+            ]
         )
         for secret in (SECRET_KEY, "url-password-secret", "query-secret"):
             assert secret not in reported
@@ -626,11 +631,11 @@ class TestErrorClassification:
         error = OSError(5, "Service Unavailable")
         error.__cause__ = client_error(503, "ServiceUnavailable")
         assert source._transient(error) is True
-        problem, reason, actual = source._failure(error)
+        _, reason, actual = source._failure(error)
         assert (reason, actual) == (Reason.FETCH_ERROR, 503)
 
     def test_failure_text_is_scrubbed_of_secrets(self, source: FsspecSource) -> None:
         """A transport message quoting a secret option never carries it on."""
-        problem, reason, _ = source._failure(RuntimeError("bad key hidden-secret-value"))
+        problem, _, _ = source._failure(RuntimeError("bad key hidden-secret-value"))
         assert "hidden-secret-value" not in problem
         assert "***" in problem
