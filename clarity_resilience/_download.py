@@ -22,7 +22,7 @@ import pathlib
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, BinaryIO, ClassVar
 
 from ._atomic import DEFAULT_MODE, atomic_writer
 from ._http import DeadlineError, check_number
@@ -34,7 +34,7 @@ from .instrumentation import Emitter, IntegrityCheckFailed, IntegrityCheckPassed
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-__all__ = ["DEFAULT_DEADLINE", "Body", "CachedSource", "RemoteError"]
+__all__ = ["DEFAULT_DEADLINE", "Body", "CachedSource", "LocalError"]
 
 #: Default overall deadline of one download attempt, in seconds.
 DEFAULT_DEADLINE = 300.0
@@ -54,15 +54,15 @@ class Body:
         self.chunks = chunks
 
 
-class RemoteError(Exception):
-    """A transport failure, raised inside an attempt so the retry policy can judge it.
+class LocalError(Exception):
+    """The local cache failed (create, write or commit the file): never the transport.
 
-    Everything a transport raises (but an :class:`IntegrityError` it makes itself) is
-    wrapped in one, so any ``OSError`` left outside is the local disk's.
+    Transport failures propagate as raised (stamina's retry hooks see them); a local
+    ``OSError`` is wrapped in this, so it is never taken for a network error.
     """
 
-    def __init__(self, cause: BaseException) -> None:
-        super().__init__(f"{type(cause).__name__}: {cause}")
+    def __init__(self, cause: OSError) -> None:
+        super().__init__(str(cause))
         self.cause = cause
 
 
@@ -326,49 +326,44 @@ class CachedSource:
                 expected=self.deadline,
                 reason=Reason.TIMEOUT,
             ) from e
-        except RemoteError as e:
-            problem, reason, actual = self._failure(e.cause)
+        except LocalError as e:
+            raise self._io_error(e.cause) from e.cause
+        except IntegrityError:
+            raise
+        except Exception as e:
+            # Whatever else a transport raised: typed, audited, never a raw exception.
+            problem, reason, actual = self._failure(e)
             raise IntegrityError(
                 f"fetching {self.display_url} {problem} (after {attempt_num} attempt(s))",
                 path=self.display_url,
                 actual=actual,
                 reason=reason,
-            ) from e.cause
-        except OSError as e:
-            # Every transport failure is a RemoteError: an OSError here is the local disk's.
-            raise self._io_error(e) from e
+            ) from e
         raise AssertionError("unreachable: stamina re-raises the last failure")
 
     def _retryable(self, exc: Exception) -> bool | float:
         if isinstance(exc, DeadlineError):
             return True  # a slow path may be faster next time, like a read timeout
-        return isinstance(exc, RemoteError) and self._transient(exc.cause)
+        if isinstance(exc, IntegrityError | LocalError):
+            return False
+        return self._transient(exc)
 
     def _download_once(self) -> int:
         """Make one attempt: stream into a temp file, verify, then rename into place."""
         deadline_at = _clock() + self.deadline
         # The temporary file is opened before any request: a local problem costs no traffic.
-        with atomic_writer(self.path, mode=DEFAULT_MODE, suffix=".part") as f:
-            with contextlib.ExitStack() as stack:
-                # Only what the transport does is "remote": a failed write stays local.
-                with _remote():
-                    body = stack.enter_context(self._open(deadline_at))
+        with _cache_file(self.path) as f, self._open(deadline_at) as body:
+            self._check_deadline(deadline_at)
+            if body.size is not None:
+                self._check_size(body.size, "announces", final=True)
+            hasher = hashlib.sha256()
+            total = 0
+            for chunk in body.chunks:
+                total += len(chunk)
+                self._check_size(total, "sent at least", final=False)
                 self._check_deadline(deadline_at)
-                if body.size is not None:
-                    self._check_size(body.size, "announces", final=True)
-                hasher = hashlib.sha256()
-                total = 0
-                chunks = iter(body.chunks)
-                while True:
-                    with _remote():
-                        chunk = next(chunks, None)
-                    if chunk is None:
-                        break
-                    total += len(chunk)
-                    self._check_size(total, "sent at least", final=False)
-                    self._check_deadline(deadline_at)
-                    hasher.update(chunk)
-                    f.write(chunk)
+                hasher.update(chunk)
+                f.write(chunk)
             self._check_size(total, "sent", final=True)
             actual = hasher.hexdigest()
             if not hmac.compare_digest(actual, self.sha256):
@@ -402,15 +397,38 @@ class CachedSource:
         )
 
 
+class _CacheFile:
+    """The temporary file of a download; a failed write is a :class:`LocalError`."""
+
+    __slots__ = ("_file",)
+
+    def __init__(self, file: BinaryIO) -> None:
+        self._file = file
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._file.write(data)
+        except OSError as e:
+            raise LocalError(e) from e
+
+
 @contextlib.contextmanager
-def _remote() -> Iterator[None]:
-    """Wrap what a transport raises in :class:`RemoteError` (but the library's own errors)."""
+def _cache_file(path: pathlib.Path) -> Iterator[_CacheFile]:
+    """Yield an atomic writer for ``path``; its own failures (create, commit) are local.
+
+    An exception from the ``with`` body (the transport's, or a refusal) passes through
+    untouched; only ``atomic_writer``'s own ``OSError`` becomes a :class:`LocalError`.
+    """
+    in_body = False
     try:
-        yield
-    except (IntegrityError, DeadlineError, RemoteError):
-        raise
-    except Exception as e:
-        raise RemoteError(e) from e
+        with atomic_writer(path, mode=DEFAULT_MODE, suffix=".part") as f:
+            in_body = True
+            yield _CacheFile(f)
+            in_body = False
+    except OSError as e:
+        if in_body:
+            raise
+        raise LocalError(e) from e
 
 
 class _Report:
