@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib
 import pathlib
 import random
 import sys
@@ -96,6 +97,14 @@ def retries() -> Iterator[RetryLog]:
     stamina.instrumentation.set_on_retry_hooks([log])
     yield log
     stamina.instrumentation.set_on_retry_hooks(previous)
+
+
+def need(module: str) -> None:
+    """Fail in CI, skip elsewhere, when ``module`` is not installed."""
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        requirements.missing(module)
 
 
 def s3_source(s3: MotoS3, key: str, cache: pathlib.Path, **options: Any) -> FsspecSource:
@@ -445,7 +454,7 @@ def build_hub_cache(root: pathlib.Path, data: bytes, *, commit: str = COMMIT) ->
 class TestHuggingFaceHub:
     @pytest.fixture
     def hub(self, tmp_path: pathlib.Path) -> pathlib.Path:
-        pytest.importorskip("huggingface_hub") if not requirements.in_ci() else None
+        need("huggingface_hub")
         return tmp_path / "hub"
 
     def hf_source(self, hub: pathlib.Path, cache: pathlib.Path, **options: Any) -> FsspecSource:
@@ -579,7 +588,7 @@ def client_error(status: int, code: str) -> Exception:
 class TestErrorClassification:
     @pytest.fixture
     def source(self, cache: pathlib.Path) -> FsspecSource:
-        pytest.importorskip("botocore") if not requirements.in_ci() else None
+        need("botocore")
         return FsspecSource(
             "s3://bucket/model.bin",
             sha256=SHA,
