@@ -1,19 +1,22 @@
-"""Remote artifact sources: fetch a model over HTTP into a verified local cache.
+"""Remote artifact sources: fetch a model into a verified local cache.
 
-:class:`HttpSource` downloads one artifact whose SHA-256 is known in advance. The bytes
-are hashed as published (never decoded: ``Content-Encoding`` is not undone) while they
-stream into a temporary file in the cache directory; only a download whose digest and
-size match is renamed (atomically) to its final name, which is derived from the digest.
-A failed or killed download never leaves a file that looks complete, and a stale file
-can never be taken for another version. Loading still goes through
-:func:`~clarity_resilience.read_verified`, which verifies the bytes it loads.
+:class:`HttpSource` (HTTP(S)) and :class:`FsspecSource` (S3, GCS, Azure, the Hugging
+Face Hub, local paths) download one artifact whose SHA-256 is known in advance. Both
+run on one core (:class:`~clarity_resilience._download.CachedSource`): the bytes are
+hashed as published while they stream into a temporary file in the cache directory;
+only a download whose digest and size match is renamed (atomically) to its final name,
+which is derived from the digest. A per-artifact file lock makes the processes of one
+host download once. A failed or killed download never leaves a file that looks
+complete, and a stale file can never be taken for another version. Loading still goes
+through :func:`~clarity_resilience.read_verified`, which verifies the bytes it loads.
 
 Every attempt has an overall ``deadline`` besides the socket ``timeout``, so a server
 that trickles bytes cannot keep a load busy for long. Transient failures (connect
-errors, timeouts, a missed deadline, broken or truncated responses, HTTP 5xx and 429)
-are retried with stamina (exponential backoff plus jitter, bounded attempts); nothing
-else is. Requires the ``http`` extra (``httpx`` and ``stamina``), imported only
-when a source is created.
+errors, timeouts, a missed deadline, broken or truncated responses, HTTP 5xx and 429,
+throttling) are retried with stamina (exponential backoff plus jitter, bounded
+attempts); nothing else is. Each transport's packages come from an extra (``http``,
+``s3``, ``gcs``, ``azure``, ``hf``, ``fsspec``), imported only when a source is created.
+:func:`read_manifest` fetches a pinned manifest through any source.
 """
 
 from __future__ import annotations
