@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from ._manifest import Manifest
-    from .sources import HttpSource
+    from .sources import CachedSource
 
 __all__ = ["ModelGuard"]
 
@@ -151,7 +151,7 @@ class ModelGuard(Generic[M]):
         size: int | None = None,
         manifest: Manifest | str | os.PathLike[str] | None = None,
         entry: str | None = None,
-        source: HttpSource | None = None,
+        source: CachedSource | None = None,
         origin: Origin | None = None,
         version: str | None = None,
         expected_version: str | None = None,
@@ -253,7 +253,7 @@ class ModelGuard(Generic[M]):
         size: int | None = None,
         manifest: Manifest | str | os.PathLike[str] | None = None,
         entry: str | None = None,
-        source: HttpSource | None = None,
+        source: CachedSource | None = None,
         origin: Origin | None = None,
         version: str | None = None,
     ) -> M:

@@ -11,6 +11,7 @@ import email.utils
 import math
 import urllib.parse
 
+from ._reasons import Reason
 from .exceptions import ClarityResilienceError
 
 __all__ = [
@@ -26,7 +27,7 @@ __all__ = [
 
 
 class MissingExtraError(ClarityResilienceError, ImportError):
-    """The ``http`` extra is not installed (both a library error and an ImportError)."""
+    """An optional extra is not installed (both a library error and an ImportError)."""
 
 
 class StatusError(Exception):
@@ -42,15 +43,26 @@ class DeadlineError(Exception):
     """An attempt ran past its overall deadline (raised inside it, retried as transient)."""
 
 
-def require_extra() -> None:
-    try:
-        import httpx  # noqa: F401
-        import stamina  # noqa: F401
-    except ImportError as e:
-        raise MissingExtraError(
-            f"HttpSource needs {e.name or 'httpx and stamina'}: "
-            "pip install 'clarity-resilience[http]'"
-        ) from e
+def require_extra(
+    who: str = "HttpSource",
+    extra: str = "http",
+    modules: tuple[str, ...] = ("httpx", "stamina", "filelock"),
+) -> None:
+    """Import ``modules`` or raise :class:`MissingExtraError` naming ``extra``.
+
+    Raises:
+        MissingExtraError: One of them is not installed.
+    """
+    import importlib
+
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise MissingExtraError(
+                f"{who} needs {e.name or module}: pip install 'clarity-resilience[{extra}]'",
+                reason=Reason.INTERNAL,
+            ) from e
 
 
 def redact(url: str) -> str:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from ._manifest import Manifest
-    from .sources import HttpSource
+    from .sources import CachedSource
 
 __all__ = [
     "ManifestEntryOrigin",
@@ -251,7 +251,7 @@ class SourceOrigin:
 
     kind: ClassVar[str] = "source"
 
-    source: HttpSource
+    source: CachedSource
     version: str | None = None
 
     def read(self, *, model: str, registry: CollectorRegistry | None) -> VerifiedBytes:
@@ -312,7 +312,7 @@ class OriginKeywords(TypedDict, total=False):
     size: int | None
     manifest: Manifest | str | os.PathLike[str] | None
     entry: str | None
-    source: HttpSource | None
+    source: CachedSource | None
     origin: Origin | None
     version: str | None
 
@@ -324,7 +324,7 @@ def origin_from(
     size: int | None = None,
     manifest: Manifest | str | os.PathLike[str] | None = None,
     entry: str | None = None,
-    source: HttpSource | None = None,
+    source: CachedSource | None = None,
     origin: Origin | None = None,
     version: str | None = None,
     expected_version: str | None = None,

@@ -125,6 +125,10 @@ class Attempt:
         if getattr(error, _LOAD_REPORTED, False):
             return False
         setattr(error, _LOAD_REPORTED, True)
+        if isinstance(error, IntegrityError):
+            # Every layer reports through Attempt, so this only fires on a path that
+            # forgot to: the refusal is still counted, once.
+            self.check_failed("<unknown>", error)
         self.emitter.emit(
             ModelLoadFailed(
                 model=self.model,

@@ -484,6 +484,26 @@ class TestCustomOrigin:
         with pytest.raises(ValueError, match="origin="):
             guard.reload(origin=InMemoryOrigin(OTHER), path="x")
 
+    def test_an_origin_that_reports_nothing_is_still_counted_once(
+        self, registry: CollectorRegistry, events: list[Event]
+    ) -> None:
+        """A custom origin raising an unreported IntegrityError: counted once, not zero."""
+
+        @dataclasses.dataclass(frozen=True)
+        class Silent(InMemoryOrigin):
+            def read(self, *, model: str, registry: CollectorRegistry | None) -> VerifiedBytes:
+                raise cr.ChecksumMismatchError("planted", path="mem")
+
+        guard = cr.ModelGuard("m", origin=Silent(MODEL), registry=registry)
+        with pytest.raises(cr.ChecksumMismatchError):
+            guard.load()
+        failed = [e for e in events if isinstance(e, IntegrityCheckFailed)]
+        assert [(e.path, e.reason) for e in failed] == [("mem", "checksum_mismatch")]
+        count = registry.get_sample_value(
+            "model_integrity_failures_total", {"model": "m", "reason": "checksum_mismatch"}
+        )
+        assert count == 1
+
 
 class TestNoGuessing:
     def test_in_memory_manifest_failures_are_labelled_without_a_repr(

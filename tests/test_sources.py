@@ -15,15 +15,17 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from collections.abc import Iterator
 from typing import Any
 
+import filelock
 import httpx
 import pytest
 import stamina
-from artifact_store import ArtifactStore
+from artifact_store import ArtifactStore, FetchWorker
 from prometheus_client import CollectorRegistry
 
 from clarity_resilience import (
@@ -104,7 +106,9 @@ def make_source(server: ArtifactServer, cache: pathlib.Path, **kwargs: Any) -> H
 
 
 def cache_entries(cache: pathlib.Path) -> list[str]:
-    return sorted(os.listdir(cache)) if cache.exists() else []
+    """Return the cache's entries but the (empty, hidden) per-artifact lock files."""
+    names = os.listdir(cache) if cache.exists() else []
+    return sorted(name for name in names if not name.endswith(".lock"))
 
 
 class TestFetch:
@@ -1009,3 +1013,114 @@ class TestCacheFailures:
             source.fetch()
         assert chunks_seen == 1
         assert cache_entries(cache) == []
+
+
+def start_workers(server: ArtifactServer, cache: pathlib.Path, count: int) -> list[FetchWorker]:
+    """Start ``count`` processes that fetch the artifact into ``cache``; wait until ready."""
+    workers = [
+        FetchWorker("http", server.url(), sha256=SHA, cache_dir=cache, deadline=60)
+        for _ in range(count)
+    ]
+    for worker in workers:
+        worker.wait_ready()
+    return workers
+
+
+class TestOneDownloadPerHost:
+    def test_four_processes_download_once(
+        self, server: ArtifactServer, cache: pathlib.Path
+    ) -> None:
+        """Four processes fetching one artifact into one cache make exactly one GET."""
+        # Slow enough (~0.8 s) that every other process finds the download under way.
+        server.control(mode="slow", chunk=16384, delay=0.05)
+        workers = start_workers(server, cache, 4)
+        try:
+            for worker in workers:
+                worker.go()
+            results = [worker.result() for worker in workers]
+        finally:
+            for worker in workers:
+                worker.close()
+        assert results == [f"OK {SHA}"] * 4
+        assert server.requests() == 1
+        assert cache_entries(cache) == [SHA]
+
+    def test_holder_killed_mid_download_another_process_completes(
+        self, server: ArtifactServer, cache: pathlib.Path
+    ) -> None:
+        """SIGKILL of the downloading process frees its lock; a waiter downloads and verifies."""
+        server.control(mode="slow", chunk=8192, delay=0.1)  # ~3 s: killed long before the end
+        holder, waiter = start_workers(server, cache, 2)
+        try:
+            holder.go()
+            deadline = time.monotonic() + 30
+            # Mid-download: the holder's GET reached the server and its .part file exists.
+            while not (
+                server.requests() == 1 and any(n.endswith(".part") for n in cache_entries(cache))
+            ):
+                assert time.monotonic() < deadline, "the holder never started its download"
+                time.sleep(0.01)
+            waiter.go()  # blocks on the holder's lock
+            holder.kill()
+            server.control(mode="ok")
+            result = waiter.result()
+        finally:
+            holder.close()
+            waiter.close()
+        assert result == f"OK {SHA}"
+        assert server.requests() == 2
+        assert read_verified(cache / SHA, sha256=SHA, size=len(DATA)) == DATA
+        # The killed holder's temporary file is all it left: hidden, never the final name.
+        assert [n for n in cache_entries(cache) if n != SHA] == [
+            n for n in cache_entries(cache) if n.startswith(f".{SHA}.") and n.endswith(".part")
+        ]
+
+    def test_waiter_times_out_typed_without_a_request(
+        self,
+        server: ArtifactServer,
+        cache: pathlib.Path,
+        registry: CollectorRegistry,
+        events: list[Event],
+    ) -> None:
+        """A fetch that cannot get the lock in lock_timeout fails with timeout, audited."""
+        source = make_source(server, cache, model="m", registry=registry, lock_timeout=0.2)
+        cache.mkdir()
+        holder = filelock.FileLock(source.lock_path, thread_local=False)
+        with holder, source, pytest.raises(IntegrityError) as info:
+            source.fetch()
+        assert info.value.reason is Reason.TIMEOUT
+        assert info.value.expected == 0.2
+        assert server.requests() == 0
+        assert cache_entries(cache) == []
+        assert audited(events) == [(server.url(), Reason.TIMEOUT)]
+        assert failures(registry) == {Reason.TIMEOUT: 1.0}
+
+    def test_lock_wait_defaults_to_the_deadline(
+        self, server: ArtifactServer, cache: pathlib.Path
+    ) -> None:
+        """Without lock_timeout a waiter waits as long as one attempt's deadline."""
+        with make_source(server, cache, deadline=42.0) as source:
+            assert source.lock_timeout == 42.0
+            assert source.lock_path == cache / f".{SHA}.lock"
+
+    def test_copy_completed_while_waiting_is_served_without_a_request(
+        self, server: ArtifactServer, cache: pathlib.Path, events: list[Event]
+    ) -> None:
+        """After getting the lock the cache is checked again: no second download."""
+        source = make_source(server, cache)
+        cache.mkdir()
+        holder = filelock.FileLock(source.lock_path, thread_local=False)
+        holder.acquire()
+        done: list[pathlib.Path] = []
+        thread = threading.Thread(target=lambda: done.append(source.fetch()))
+        thread.start()
+        try:
+            # The waiter is blocked on the lock; "another process" completes the copy.
+            (cache / SHA).write_bytes(DATA)
+        finally:
+            holder.release()
+        thread.join(timeout=30)
+        source.close()
+        assert done == [cache / SHA]
+        assert server.requests() == 0
+        assert not audited(events)

@@ -137,3 +137,83 @@ def _read_port(proc: subprocess.Popen[bytes], deadline: float = 10.0) -> int:
         proc.wait(timeout=10)
         raise RuntimeError(f"artifact server failed to start: {line!r}")
     return int(line.split()[1])
+
+
+# A fetch in a process of its own: prints READY, waits for a line on stdin, fetches, reads
+# the copy back through read_verified and prints ``OK <digest>`` or ``ERROR <type> <reason>``.
+_WORKER = """
+import hashlib, json, sys
+from clarity_resilience import read_verified
+from clarity_resilience.sources import FsspecSource, HttpSource
+spec = json.loads(sys.argv[1])
+kind = spec.pop("kind")
+source = (HttpSource if kind == "http" else FsspecSource)(spec.pop("url"), **spec)
+print("READY", flush=True)
+sys.stdin.readline()
+try:
+    path = source.fetch()
+except Exception as e:
+    print("ERROR", type(e).__name__, getattr(e, "reason", ""), flush=True)
+    sys.exit(3)
+data = read_verified(path, sha256=source.sha256)
+print("OK", hashlib.sha256(data).hexdigest(), flush=True)
+"""
+
+
+class FetchWorker:
+    """A real process that fetches one artifact when told to (for one-download-per-host)."""
+
+    def __init__(self, kind: str, url: str, **options: Any) -> None:
+        import json
+
+        spec = {"kind": kind, "url": url, **options}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _WORKER, json.dumps(spec, default=str)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        self._lines: list[str] = []
+
+    def wait_ready(self, deadline: float = 30.0) -> None:
+        """Wait until the worker has imported everything and made its source."""
+        self._read_until("READY", deadline)
+
+    def go(self) -> None:
+        """Tell the worker to fetch now."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(b"go\n")
+        self.proc.stdin.flush()
+
+    def result(self, deadline: float = 60.0) -> str:
+        """Return the worker's ``OK <digest>`` or ``ERROR <type> <reason>`` line."""
+        line = self._read_until(("OK ", "ERROR "), deadline)
+        self.proc.wait(timeout=deadline)
+        return line
+
+    def kill(self) -> None:
+        """SIGKILL the worker: its lock is released by the kernel, its .part stays."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                stream.close()
+
+    def _read_until(self, prefix: str | tuple[str, ...], deadline: float) -> str:
+        assert self.proc.stdout is not None
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.proc.stdout, selectors.EVENT_READ)
+            while True:
+                if not selector.select(timeout=deadline):
+                    raise RuntimeError(f"worker said nothing for {deadline} s: {self._lines}")
+                line = self.proc.stdout.readline().decode(errors="replace").rstrip("\n")
+                if not line and self.proc.poll() is not None:
+                    raise RuntimeError(f"worker exited: {self._lines}")
+                self._lines.append(line)
+                if line.startswith(prefix):
+                    return line

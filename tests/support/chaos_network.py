@@ -85,8 +85,9 @@ def make_guard(source: HttpSource, registry: CollectorRegistry) -> cr.ModelGuard
 
 
 def cache_listing(cache: pathlib.Path) -> list[str]:
-    """Return the file names in the cache directory (none when it does not exist)."""
-    return sorted(os.listdir(cache)) if cache.exists() else []
+    """Return the file names in the cache directory but its lock files (none if absent)."""
+    names = os.listdir(cache) if cache.exists() else []
+    return sorted(name for name in names if not name.endswith(".lock"))  # locks stay
 
 
 def integrity_failures(registry: CollectorRegistry, reason: str) -> float:

@@ -1,0 +1,381 @@
+"""Object stores through fsspec: S3, GCS, Azure, the Hugging Face Hub and local files.
+
+:class:`FsspecSource` is a transport on the shared download core
+(:class:`~clarity_resilience._download.CachedSource`): it only opens a byte stream for the
+artifact. The fsspec implementation of each store comes from an extra, imported when a
+source is created. Credentials (``storage_options``, URL user info) stay inside the
+filesystem object: messages, events and metrics name the credential-free URL, and
+transport error texts are scrubbed of every secret-looking option value.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import errno
+import hmac
+import os
+import re
+import urllib.parse
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from ._download import DEFAULT_DEADLINE, Body, CachedSource
+from ._http import redact, require_extra
+from ._integrity import UNNAMED
+from ._reasons import Reason
+from .exceptions import ChecksumMismatchError
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+__all__ = ["FsspecSource"]
+
+# protocol -> (extra, the module that implements it)
+_EXTRAS: dict[str, tuple[str, str]] = {
+    "s3": ("s3", "s3fs"),
+    "s3a": ("s3", "s3fs"),
+    "gs": ("gcs", "gcsfs"),
+    "gcs": ("gcs", "gcsfs"),
+    "az": ("azure", "adlfs"),
+    "abfs": ("azure", "adlfs"),
+    "abfss": ("azure", "adlfs"),
+    "hf": ("hf", "huggingface_hub"),
+    "file": ("fsspec", "fsspec"),
+    "local": ("fsspec", "fsspec"),
+}
+_S3 = frozenset({"s3", "s3a"})
+_CHUNK = 1 << 20
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+# hf://[datasets/|spaces/|models/]owner/name[@revision]/path/in/repo
+_HF_URL = re.compile(
+    r"hf://(?:(?P<type>datasets|spaces|models)/)?(?P<repo>[^/@]+/[^/@]+)"
+    r"(?:@(?P<revision>[^/]+))?/(?P<file>[^@]+)"
+)
+# Storage option names whose values are secrets, scrubbed from any error text.
+_SECRET_HINTS = ("key", "secret", "token", "password", "credential", "sas", "connection")
+# Error classes (by name, anywhere in a cause chain) of failures that may pass on a retry:
+# botocore's, aiohttp's and the stdlib's connection resets, timeouts and broken bodies.
+_TRANSIENT_NAMES = frozenset({
+    "ConnectionError", "TimeoutError", "HTTPClientError", "ReadTimeoutError",
+    "ConnectTimeoutError", "EndpointConnectionError", "ConnectionClosedError",
+    "IncompleteRead", "ResponseParserError", "ResponseStreamingError", "ClientPayloadError",
+    "ClientConnectionError", "ServerDisconnectedError", "FSTimeoutError",
+})  # fmt: skip
+_TIMEOUT_NAMES = frozenset({
+    "TimeoutError", "ReadTimeoutError", "ConnectTimeoutError", "FSTimeoutError",
+})  # fmt: skip
+_THROTTLED = frozenset({
+    "SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded",
+    "RequestTimeout", "InternalError", "ServiceUnavailable", "TooManyRequests",
+})  # fmt: skip
+_PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+class FsspecSource(CachedSource):
+    """An artifact in an object store (any fsspec URL), cached locally and verified.
+
+    Args:
+        url: ``s3://bucket/key``, ``gs://``, ``az://``, ``hf://owner/repo@<commit>/file``
+            or ``file://``; the store's extra must be installed.
+        sha256: The expected SHA-256 hex digest of the artifact.
+        size: The expected size in bytes; caps the download and must match exactly.
+        cache_dir: Directory of verified downloads (created if missing).
+        storage_options: Passed to the fsspec filesystem (credentials, ``endpoint_url``).
+            Never logged.
+        version_id: S3 only: the object version to fetch.
+        allow_unpinned_revision: ``hf://`` only: accept a branch or tag (or no revision)
+            instead of a 40-hex commit hash. The digest still pins the bytes.
+        max_size, timeout, deadline, attempts, wait_initial, wait_max, wait_jitter,
+        model, registry, filename, lock_timeout: As for
+            :class:`~clarity_resilience.sources.HttpSource`.
+
+    Raises:
+        ValueError: An unsupported or malformed URL, an unpinned Hub revision, a
+            ``version_id`` outside S3, a malformed digest or a bad argument.
+        ClarityResilienceError: The store's extra is not installed (also an ImportError).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        sha256: str,
+        size: int | None = None,
+        cache_dir: str | os.PathLike[str],
+        storage_options: Mapping[str, Any] | None = None,
+        version_id: str | None = None,
+        allow_unpinned_revision: bool = False,
+        max_size: int | None = None,
+        timeout: float = 5.0,
+        deadline: float = DEFAULT_DEADLINE,
+        attempts: int = 3,
+        wait_initial: float = 0.1,
+        wait_max: float = 5.0,
+        wait_jitter: float = 1.0,
+        model: str = UNNAMED,
+        registry: CollectorRegistry | None = None,
+        filename: str | None = None,
+        lock_timeout: float | None = None,
+    ) -> None:
+        display = redact(url)
+        protocol, sep, _ = url.partition("://")
+        protocol = protocol.lower()
+        if not sep or "::" in url:
+            raise ValueError(
+                f"url must be a plain fsspec URL like s3://bucket/key, got {display!r}"
+            )
+        if protocol in ("http", "https"):
+            raise ValueError(f"use HttpSource for {display!r}")
+        if version_id is not None and (protocol not in _S3 or not version_id):
+            raise ValueError("version_id applies to s3:// URLs only")
+        self.protocol = protocol
+        self.version_id = version_id
+        self.revision: str | None = None
+        self._hf: dict[str, str | None] | None = None
+        if protocol == "hf":
+            self._hf = _parse_hf(url, allow_unpinned_revision)
+            self.revision = self._hf["revision"]
+        super().__init__(
+            display,
+            sha256=sha256,
+            size=size,
+            cache_dir=cache_dir,
+            max_size=max_size,
+            timeout=timeout,
+            deadline=deadline,
+            attempts=attempts,
+            wait_initial=wait_initial,
+            wait_max=wait_max,
+            wait_jitter=wait_jitter,
+            model=model,
+            registry=registry,
+            filename=filename,
+            lock_timeout=lock_timeout,
+        )
+        extra, module = _EXTRAS.get(protocol, ("fsspec", "fsspec"))
+        modules = ("fsspec", "stamina", "filelock", module)
+        require_extra("FsspecSource", extra, modules)
+        if protocol not in _EXTRAS:
+            _require_protocol(protocol, display)
+        self.url = url
+        self._options = dict(storage_options or {})
+        self._secrets = _secrets(self._options, url)
+        self._fs: Any = None
+
+    def __enter__(self) -> FsspecSource:
+        return self
+
+    # -- transport ------------------------------------------------------------------
+
+    def _filesystem(self) -> tuple[Any, str]:
+        """Return the (lazily made, then reused) filesystem and the object's path."""
+        import fsspec
+
+        with self._lock:
+            if self._fs is None:
+                options = dict(self._options)
+                if self.protocol in _S3:
+                    # Bounded socket waits; the core retries (with jitter), not botocore
+                    # or s3fs, so ``attempts`` means what it says.
+                    config = {
+                        "connect_timeout": self.timeout,
+                        "read_timeout": self.timeout,
+                        "retries": {"total_max_attempts": 1},
+                    }
+                    options["config_kwargs"] = config | dict(options.get("config_kwargs", {}))
+                    if self.version_id is not None:
+                        options["version_aware"] = True
+                self._fs, self._path = fsspec.core.url_to_fs(
+                    self.url, skip_instance_cache=True, **options
+                )
+                if self.protocol in _S3:
+                    self._fs.retries = 1  # s3fs's own retry loop (a class attribute)
+            return self._fs, self._path
+
+    @contextlib.contextmanager
+    def _open(self, deadline_at: float) -> Iterator[Body]:
+        """Open the object (after the S3 checksum cross-check) and yield its chunks."""
+        if self._hf is not None:
+            with self._open_hf() as body:
+                yield body
+            return
+        fs, path = self._filesystem()
+        kwargs: dict[str, Any] = {}
+        if self.protocol in _S3:
+            self._check_s3_checksum(fs, path)
+            kwargs = {"cache_type": "none", "block_size": _CHUNK}
+            if self.version_id is not None:
+                kwargs["version_id"] = self.version_id
+        with fs.open(path, "rb", **kwargs) as f:
+            size = getattr(f, "size", None)
+            yield Body(size if isinstance(size, int) else None, _chunks(f))
+
+    def _check_s3_checksum(self, fs: Any, path: str) -> None:
+        """Refuse an object whose S3 full-object ``ChecksumSHA256`` is not the pinned digest.
+
+        Costs one HEAD request and no body byte.
+
+        Raises:
+            ChecksumMismatchError: The store computed another SHA-256 for the object.
+        """
+        bucket, key, _ = fs.split_path(path)
+        params = {"Bucket": bucket, "Key": key, "ChecksumMode": "ENABLED"}
+        if self.version_id is not None:
+            params["VersionId"] = self.version_id
+        head = fs.call_s3("head_object", **params)
+        encoded = head.get("ChecksumSHA256")
+        # A multipart upload's composite checksum ("...-N") is not the object's digest.
+        if not isinstance(encoded, str) or head.get("ChecksumType", "FULL_OBJECT") != (
+            "FULL_OBJECT"
+        ) or "-" in encoded:  # fmt: skip
+            return
+        try:
+            actual = base64.b64decode(encoded, validate=True).hex()
+        except (binascii.Error, ValueError):
+            return  # not a checksum we can read: the streamed digest still decides
+        if not hmac.compare_digest(actual, self.sha256):
+            raise ChecksumMismatchError(
+                f"{self.display_url} has S3 ChecksumSHA256 {actual}, expected "
+                f"{self.sha256}: refused before downloading",
+                path=self.display_url,
+                expected=self.sha256,
+                actual=actual,
+            )
+
+    @contextlib.contextmanager
+    def _open_hf(self) -> Iterator[Body]:
+        """Have huggingface_hub put the file in its cache, then stream it from there.
+
+        Its cache is never trusted: the bytes are hashed again on the way into ours.
+        """
+        import huggingface_hub
+
+        assert self._hf is not None
+        options = self._options
+        local = huggingface_hub.hf_hub_download(
+            self._hf["repo"] or "",
+            self._hf["file"] or "",
+            repo_type=self._hf["type"],
+            revision=self.revision,
+            cache_dir=options.get("cache_dir"),
+            token=options.get("token"),
+            endpoint=options.get("endpoint"),
+            local_files_only=bool(options.get("local_files_only", False)),
+            etag_timeout=self.timeout,
+        )
+        if not isinstance(local, str | os.PathLike):
+            raise TypeError(f"hf_hub_download returned {type(local).__name__}, not a path")
+        with open(local, "rb") as f:
+            yield Body(os.fstat(f.fileno()).st_size, _chunks(f))
+
+    def _transient(self, cause: BaseException) -> bool | float:
+        chain = list(_chain(cause))
+        if any(isinstance(e, _PERMANENT) for e in chain):
+            return False
+        status, code = _status(chain)
+        if status is not None or code is not None:
+            return code in _THROTTLED or status == 429 or (status or 0) >= 500
+        if any(isinstance(e, OSError) and e.errno in (errno.EBUSY, errno.EAGAIN) for e in chain):
+            return True  # s3fs's mapping of a throttled request
+        return any(c.__name__ in _TRANSIENT_NAMES for e in chain for c in type(e).__mro__)
+
+    def _failure(self, cause: BaseException) -> tuple[str, Reason, object]:
+        chain = list(_chain(cause))
+        timed_out = any(c.__name__ in _TIMEOUT_NAMES for e in chain for c in type(e).__mro__)
+        status, _ = _status(chain)
+        text = f"{type(cause).__name__}: {cause}"
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        problem = f"{'timed out' if timed_out else 'failed'}: {text}"
+        return problem, Reason.TIMEOUT if timed_out else Reason.FETCH_ERROR, status
+
+
+def _chunks(f: Any) -> Iterator[bytes]:
+    while chunk := f.read(_CHUNK):
+        yield bytes(chunk)
+
+
+def _chain(e: BaseException | None) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__
+
+
+def _status(chain: list[BaseException]) -> tuple[int | None, str | None]:
+    """Return the HTTP status and error code of a botocore ``ClientError`` in the chain."""
+    for e in chain:
+        response = getattr(e, "response", None)
+        if isinstance(response, dict):
+            meta = response.get("ResponseMetadata", {})
+            error = response.get("Error", {})
+            status = meta.get("HTTPStatusCode") if isinstance(meta, dict) else None
+            code = error.get("Code") if isinstance(error, dict) else None
+            return (status if isinstance(status, int) else None), (
+                code if isinstance(code, str) else None
+            )
+    return None, None
+
+
+def _secrets(options: Mapping[str, Any], url: str) -> list[str]:
+    """Return the secret-looking option values and URL user info, longest first."""
+    found: list[str] = []
+
+    def walk(value: Any, secret: bool) -> None:
+        if isinstance(value, Mapping):
+            for k, v in value.items():
+                walk(v, secret or any(h in str(k).lower() for h in _SECRET_HINTS))
+        elif isinstance(value, str) and secret and len(value) >= 4:
+            found.append(value)
+
+    walk(options, False)
+    parts = urllib.parse.urlsplit(url)
+    found += [x for x in (parts.username, parts.password) if x]
+    return sorted(set(found), key=len, reverse=True)
+
+
+def _parse_hf(url: str, allow_unpinned: bool) -> dict[str, str | None]:
+    """Split an ``hf://`` URL; refuse a revision that is not a commit hash unless allowed."""
+    match = _HF_URL.fullmatch(url)
+    if match is None:
+        raise ValueError(
+            f"hf:// URL must be hf://[datasets/|spaces/]owner/repo@<commit>/path, got {url!r}"
+        )
+    revision = match["revision"]
+    revision = urllib.parse.unquote(revision) if revision else None
+    if not _is_commit(revision) and not allow_unpinned:
+        raise ValueError(
+            f"hf:// revision must be a 40-hex commit hash, got {revision!r} "
+            "(a branch or tag can move; pass allow_unpinned_revision=True to accept it)"
+        )
+    kind = match["type"]
+    return {
+        "type": None if kind in (None, "models") else kind[:-1],
+        "repo": match["repo"],
+        "revision": revision,
+        "file": match["file"],
+    }
+
+
+def _is_commit(revision: str | None) -> bool:
+    """Return whether ``revision`` pins a commit (40 lowercase hex digits)."""
+    return revision is not None and _COMMIT.fullmatch(revision) is not None
+
+
+def _require_protocol(protocol: str, display: str) -> None:
+    """Raise a typed error when fsspec knows no implementation of ``protocol``."""
+    import fsspec
+
+    from ._http import MissingExtraError
+
+    try:
+        fsspec.get_filesystem_class(protocol)
+    except ImportError as e:
+        raise MissingExtraError(
+            f"FsspecSource cannot open {display!r}: {e}", reason=Reason.INTERNAL
+        ) from e
+    except ValueError as e:
+        raise ValueError(f"unknown protocol {protocol!r} in {display!r}") from e
