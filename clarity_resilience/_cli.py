@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, NoReturn
 from ._integrity import sha256_file
 from ._manifest import Manifest
 from ._manifest_format import excerpt, format_hash_line
+from ._progress import Progress
 from ._reasons import Reason
 from .exceptions import (
     ChecksumMismatchError,
@@ -97,9 +98,9 @@ def _run(argv: Sequence[str] | None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse exits for --help, --version and usage errors
         return e.code if isinstance(e.code, int) else EXIT_USAGE
-    if args.command is create and args.model_version is not None and args.format != "json":
+    if problem := _usage_problem(args):
         parser.print_usage(sys.stderr)
-        _error("--model-version is recorded only by --format json")
+        _error(problem)
         return EXIT_USAGE
     command: Command = args.command
     try:
@@ -113,14 +114,41 @@ def _run(argv: Sequence[str] | None) -> int:
     return EXIT_FAILURE
 
 
+def _usage_problem(args: argparse.Namespace) -> str | None:
+    """Return what is wrong with a combination of options argparse cannot check."""
+    if args.command is create and args.model_version is not None and args.format != "json":
+        return "--model-version is recorded only by --format json"
+    if args.command is verify:
+        keys = (args.public_key is not None) + (args.certificate_chain is not None)
+        if args.signature is not None and keys != 1:
+            return "--signature needs exactly one of --public-key or --certificate-chain"
+        if args.signature is None and keys:
+            return "--public-key and --certificate-chain go with --signature"
+    return None
+
+
+def _progress(args: argparse.Namespace, files: int, total_bytes: int | None) -> Progress:
+    """Return the progress display: drawn on a terminal's stderr unless ``--quiet``."""
+    enabled = not args.quiet and sys.stderr.isatty()
+    return Progress(sys.stderr, files=files, total_bytes=total_bytes, enabled=enabled)
+
+
 def create(args: argparse.Namespace) -> int:
     """Build a manifest of a directory and write it to a file or stdout."""
     exclude = []
     if args.output is not None and (inside := _relative_inside(args.directory, args.output)):
         exclude.append(inside)  # the manifest must not list itself
-    manifest = Manifest.build(
-        args.directory, version=args.model_version, exclude=exclude, workers=args.workers
-    )
+    progress = _progress(args, files=0, total_bytes=None)
+    try:
+        manifest = Manifest.build(
+            args.directory,
+            version=args.model_version,
+            exclude=exclude,
+            workers=args.workers,
+            progress=progress,
+        )
+    finally:
+        progress.close()
     if args.output is None:
         _write_stdout(manifest.dumps(args.format))
         return EXIT_OK
@@ -133,19 +161,41 @@ def create(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _trusted_manifest(args: argparse.Namespace) -> tuple[Manifest, str]:
+    """Return the manifest to check against, and the file it came from.
+
+    A signature is authenticated with the key or certificate chain named on the command
+    line (the trust root); a plain manifest is taken as given.
+    """
+    if args.signature is None:
+        return Manifest.read(args.manifest), args.manifest
+    if args.public_key is not None:
+        signed = Manifest.from_signature(args.signature, public_key=args.public_key)
+    else:
+        signed = Manifest.from_signature(args.signature, certificate_chain=args.certificate_chain)
+    return signed, args.signature
+
+
 def verify(args: argparse.Namespace) -> int:
-    """Check a directory against a manifest; print one line per problem."""
-    manifest = Manifest.read(args.manifest)
+    """Check a directory against a manifest or a signature; print one line per problem."""
+    manifest, source = _trusted_manifest(args)
     exclude = []
-    if inside := _relative_inside(args.directory, args.manifest):
+    if inside := _relative_inside(args.directory, source):
         exclude.append(inside)
-    problems = manifest.check(
-        args.directory,
-        allow_extra=args.allow_extra,
-        expected_version=args.expected_version,
-        exclude=exclude,
-        workers=args.workers,
-    )
+    sizes = [entry.size for entry in manifest.entries.values()]
+    total = None if any(size is None for size in sizes) else sum(s for s in sizes if s)
+    progress = _progress(args, files=len(manifest), total_bytes=total)
+    try:
+        problems = manifest.check(
+            args.directory,
+            allow_extra=args.allow_extra,
+            expected_version=args.expected_version,
+            exclude=exclude,
+            workers=args.workers,
+            progress=progress,
+        )
+    finally:
+        progress.close()
     for problem in problems:
         _error(describe(problem, args.directory))
     if problems:
@@ -256,11 +306,24 @@ def _parser() -> argparse.ArgumentParser:
     make.add_argument("--format", choices=("sha256sum", "json"), default="sha256sum")
     make.add_argument("--model-version", metavar="V", help="record this version (json only)")
     make.add_argument("--workers", type=_workers, metavar="N", help="hashing threads")
+    make.add_argument("-q", "--quiet", action="store_true", help="no progress on a terminal")
     make.set_defaults(command=create)
 
     check = commands.add_parser("verify", help="verify a directory against a manifest")
     check.add_argument("directory", metavar="DIR", help="the model directory")
-    check.add_argument("--manifest", required=True, metavar="FILE", help="the manifest")
+    trust = check.add_mutually_exclusive_group(required=True)
+    trust.add_argument("--manifest", metavar="FILE", help="the manifest")
+    trust.add_argument(
+        "--signature", metavar="FILE", help="an OpenSSF Model Signing bundle (model.sig)"
+    )
+    check.add_argument("--public-key", metavar="FILE", help="the signer's public key (PEM)")
+    check.add_argument(
+        "--certificate-chain",
+        metavar="FILE",
+        nargs="+",
+        help="the trusted certificate chain (PEM files)",
+    )
+    check.add_argument("-q", "--quiet", action="store_true", help="no progress on a terminal")
     check.add_argument("--allow-extra", action="store_true", help="accept unlisted files")
     check.add_argument("--expected-version", metavar="V", help="require this model version")
     check.add_argument("--workers", type=_workers, metavar="N", help="hashing threads")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import types
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Literal
 
 from ._atomic import write_atomic
@@ -222,6 +222,7 @@ class Manifest:
         version: str | None = None,
         exclude: Iterable[str] = (),
         workers: int | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> Manifest:
         """Hash every regular file below ``directory`` (in parallel threads).
 
@@ -232,6 +233,8 @@ class Manifest:
             exclude: Relative paths (files or directories) to leave out, e.g. the
                 manifest file itself.
             workers: Hashing threads (default: ``os.cpu_count()``).
+            progress: Called (from the hashing threads) with each file's size once it
+                is hashed, e.g. to show progress.
 
         Raises:
             ManifestError: A symlink or special file below ``directory``
@@ -241,7 +244,7 @@ class Manifest:
         names = list_files(root, frozenset(normalize_path(name) for name in exclude))
         with worker_pool(workers) as pool:
             # hash_file is looked up at call time so tests can observe the worker threads.
-            hashed = list(pool.map(lambda name: hash_file(root, name), names))
+            hashed = list(pool.map(lambda name: _hash_one(root, name, progress), names))
         return cls(
             (
                 ManifestEntry(name, digest, size)
@@ -334,6 +337,7 @@ class Manifest:
         exclude: Iterable[str] = (),
         workers: int | None = None,
         symlink_root: str | os.PathLike[str] | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> list[IntegrityError]:
         """Verify ``directory`` against the manifest and return every problem found.
 
@@ -347,12 +351,20 @@ class Manifest:
             exclude: Relative paths never reported as extra (e.g. the manifest itself).
             workers: Hashing threads (default: ``os.cpu_count()``).
             symlink_root: As :meth:`read_entry`.
+            progress: Called (from the hashing threads) with the bytes of each listed
+                file once it is checked (0 for a file that could not be read).
 
         Returns:
             The problems, a version mismatch first, then by path; empty if all is well.
         """
         return self._check(
-            directory, allow_extra, expected_version, exclude, workers, symlink_root=symlink_root
+            directory,
+            allow_extra,
+            expected_version,
+            exclude,
+            workers,
+            symlink_root=symlink_root,
+            progress=progress,
         )[0]
 
     def verify(
@@ -419,6 +431,7 @@ class Manifest:
         workers: int | None,
         *,
         symlink_root: str | os.PathLike[str] | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> tuple[list[IntegrityError], int]:
         root = os.fspath(directory)
         links = _optional_path(symlink_root)
@@ -440,7 +453,7 @@ class Manifest:
             found.extend(((1, rel), e) for rel, e in find_extras(root, self._entries, skip))
         with worker_pool(workers) as pool:
             results = list(
-                pool.map(lambda e: _check_entry(root, e, links), self._entries.values())
+                pool.map(lambda e: _check_entry(root, e, links, progress), self._entries.values())
             )
         total = 0
         for entry, (size, error) in zip(self._entries.values(), results, strict=True):
@@ -455,14 +468,28 @@ def _optional_path(path: str | os.PathLike[str] | None) -> str | None:
     return None if path is None else os.fspath(path)
 
 
+def _hash_one(root: str, name: str, progress: Callable[[int], None] | None) -> tuple[str, int]:
+    # hash_file is looked up at call time so tests can observe the worker threads.
+    digest, size = hash_file(root, name)
+    if progress is not None:
+        progress(size)
+    return digest, size
+
+
 def _check_entry(
-    root: str, entry: ManifestEntry, symlink_root: str | None
+    root: str,
+    entry: ManifestEntry,
+    symlink_root: str | None,
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[int, IntegrityError | None]:
+    error: IntegrityError | None = None
     try:
         # verify_entry is looked up at call time so tests can observe the worker threads.
         size = verify_entry(
             root, entry.path, sha256=entry.sha256, size=entry.size, symlink_root=symlink_root
         )
-        return size, None
     except IntegrityError as e:
-        return 0, e
+        size, error = 0, e
+    if progress is not None:
+        progress(size)
+    return size, error

@@ -16,7 +16,7 @@ import abc
 import hashlib
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ._hashing import open_regular, read_small
@@ -90,11 +90,18 @@ class SignedManifest(Manifest):
         workers: int | None,
         *,
         symlink_root: str | os.PathLike[str] | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> tuple[list[IntegrityError], int]:
         # check() and verify() both come here: the signer's exclusions join the caller's.
         skip = (*exclude, *self._ignore_paths)
         return super()._check(
-            directory, allow_extra, expected_version, skip, workers, symlink_root=symlink_root
+            directory,
+            allow_extra,
+            expected_version,
+            skip,
+            workers,
+            symlink_root=symlink_root,
+            progress=progress,
         )
 
 
