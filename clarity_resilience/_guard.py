@@ -12,10 +12,11 @@ import dataclasses
 import functools
 import inspect
 import os
+import pathlib
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -29,7 +30,7 @@ from typing import (
 
 from ._breaker import Breaker
 from ._loading import deserialize_verified
-from ._origin import Origin, OriginKeywords, origin_from
+from ._origin import Origin, OriginKeywords, TrustKeywords, origin_from
 from ._reasons import Reason, bytes_refused
 from .exceptions import (
     ClarityResilienceError,
@@ -46,9 +47,11 @@ from .instrumentation import (
 )
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
     from prometheus_client import CollectorRegistry
 
     from ._manifest import Manifest
+    from ._signing import PemSource
     from .sources import HttpSource
 
 __all__ = ["ModelGuard"]
@@ -65,6 +68,7 @@ class _Serving(Generic[M]):
     model: M
     sha256: str
     version: str | None
+    signer: str | None = None
 
 
 class ModelGuard(Generic[M]):
@@ -110,21 +114,64 @@ class ModelGuard(Generic[M]):
         TypeError: ``origin`` does not implement the origin protocol.
     """
 
-    # Two signatures so that a guard without a loader is a ModelGuard[Any] (auto detects
-    # the format at run time) instead of a guard whose model type cannot be inferred.
+    # One signature per kind of loader input (bytes, several files, a snapshot path), and
+    # one without a loader, so that a guard without a loader is a ModelGuard[Any] (auto
+    # detects the format at run time) instead of a guard whose type cannot be inferred.
     @overload
     def __init__(
         self,
         name: str,
         *,
+        materialize_into: str | os.PathLike[str],
+        loader: Callable[[pathlib.Path], M],
+        entries: str | Sequence[str] | None = None,
+        warmup: Callable[[M], object] | None = None,
+        warmup_timeout: float | None = None,
         expected_version: str | None = None,
-        loader: Callable[[bytes], M],
         breaker: Breaker | None = None,
         registry: CollectorRegistry | None = None,
         invalid_input: Iterable[type[Exception]] = (),
         unavailable_retry_after: float = 5.0,
         integrity_retry_after: float = 300.0,
-        **origin: Unpack[OriginKeywords],
+        **origin: Unpack[TrustKeywords],
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self,
+        name: str,
+        *,
+        entries: str | Sequence[str],
+        loader: Callable[[Mapping[str, bytes]], M],
+        materialize_into: None = None,
+        warmup: Callable[[M], object] | None = None,
+        warmup_timeout: float | None = None,
+        expected_version: str | None = None,
+        breaker: Breaker | None = None,
+        registry: CollectorRegistry | None = None,
+        invalid_input: Iterable[type[Exception]] = (),
+        unavailable_retry_after: float = 5.0,
+        integrity_retry_after: float = 300.0,
+        **origin: Unpack[TrustKeywords],
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self,
+        name: str,
+        *,
+        loader: Callable[[bytes], M],
+        entries: None = None,
+        materialize_into: None = None,
+        warmup: Callable[[M], object] | None = None,
+        warmup_timeout: float | None = None,
+        expected_version: str | None = None,
+        breaker: Breaker | None = None,
+        registry: CollectorRegistry | None = None,
+        invalid_input: Iterable[type[Exception]] = (),
+        unavailable_retry_after: float = 5.0,
+        integrity_retry_after: float = 300.0,
+        **origin: Unpack[TrustKeywords],
     ) -> None: ...
 
     @overload
@@ -132,14 +179,18 @@ class ModelGuard(Generic[M]):
         self: ModelGuard[Any],
         name: str,
         *,
-        expected_version: str | None = None,
         loader: None = None,
+        entries: None = None,
+        materialize_into: None = None,
+        warmup: Callable[[Any], object] | None = None,
+        warmup_timeout: float | None = None,
+        expected_version: str | None = None,
         breaker: Breaker | None = None,
         registry: CollectorRegistry | None = None,
         invalid_input: Iterable[type[Exception]] = (),
         unavailable_retry_after: float = 5.0,
         integrity_retry_after: float = 300.0,
-        **origin: Unpack[OriginKeywords],
+        **origin: Unpack[TrustKeywords],
     ) -> None: ...
 
     def __init__(
@@ -155,7 +206,18 @@ class ModelGuard(Generic[M]):
         origin: Origin | None = None,
         version: str | None = None,
         expected_version: str | None = None,
-        loader: Callable[[bytes], M] | None = None,
+        manifest_sha256: str | None = None,
+        signature: str | os.PathLike[str] | None = None,
+        public_key: PemSource | ec.EllipticCurvePublicKey | None = None,
+        certificate_chain: PemSource | Iterable[PemSource] | None = None,
+        identity: str | None = None,
+        issuer: str | None = None,
+        entries: str | Sequence[str] | None = None,
+        materialize_into: str | os.PathLike[str] | None = None,
+        symlink_root: str | os.PathLike[str] | None = None,
+        loader: Callable[[Any], M] | None = None,
+        warmup: Callable[[M], object] | None = None,
+        warmup_timeout: float | None = None,
         breaker: Breaker | None = None,
         registry: CollectorRegistry | None = None,
         invalid_input: Iterable[type[Exception]] = (),
@@ -164,8 +226,14 @@ class ModelGuard(Generic[M]):
     ) -> None:
         if not name or not isinstance(name, str):
             raise ValueError(f"name must be a non-empty str, got {name!r}")
+        if warmup_timeout is not None and (warmup is None or not warmup_timeout > 0):
+            raise ValueError("warmup_timeout= must be a positive number of seconds, with warmup=")
+        if materialize_into is not None and loader is None:
+            raise ValueError("materialize_into= needs a loader= that takes a path")
         self.name = name
         self.loader = loader
+        self.warmup = warmup
+        self.warmup_timeout = warmup_timeout
         self.expected_version = expected_version
         self.registry = registry
         self.breaker = breaker if breaker is not None else Breaker(name, registry=registry)
@@ -182,6 +250,15 @@ class ModelGuard(Generic[M]):
             origin=origin,
             version=version,
             expected_version=expected_version,
+            manifest_sha256=manifest_sha256,
+            signature=signature,
+            public_key=public_key,
+            certificate_chain=certificate_chain,
+            identity=identity,
+            issuer=issuer,
+            entries=entries,
+            materialize_into=materialize_into,
+            symlink_root=symlink_root,
         )
         self._serving: _Serving[M] | None = None
         self._last_error: ClarityResilienceError | None = None
@@ -220,6 +297,7 @@ class ModelGuard(Generic[M]):
             "ready": serving is not None,
             "sha256": serving.sha256[:12] if serving else None,
             "version": serving.version if serving else None,
+            "signer": serving.signer if serving else None,
             "breaker": self.breaker.state,
             "last_error": str(self._last_error.reason) if self._last_error else None,
         }
@@ -355,8 +433,10 @@ class ModelGuard(Generic[M]):
             loader=self.loader,
             model=self.name,
             registry=self.registry,
+            warmup=self.warmup,
+            warmup_timeout=self.warmup_timeout,
         )
-        return _Serving(model, verified.sha256, verified.version)
+        return _Serving(model, verified.sha256, verified.version, verified.signer)
 
     # -- predicting -----------------------------------------------------------------
 
