@@ -31,6 +31,7 @@ from typing import (
 from ._breaker import Breaker
 from ._loading import deserialize_verified
 from ._origin import Origin, OriginKeywords, TrustKeywords, origin_from
+from ._origin_directory import DirectoryOrigin
 from ._reasons import Reason, bytes_refused
 from .exceptions import (
     ClarityResilienceError,
@@ -334,6 +335,7 @@ class ModelGuard(Generic[M]):
         source: HttpSource | None = None,
         origin: Origin | None = None,
         version: str | None = None,
+        manifest_sha256: str | None = None,
     ) -> M:
         """Verify and load a new version off the serving path, then swap atomically.
 
@@ -347,13 +349,22 @@ class ModelGuard(Generic[M]):
         change that origin (``path=``/``sha256=``/``size=`` for a file, ``path=``/
         ``entry=`` for a manifest's directory and entry, ``version=`` for any); a new
         file without ``size=`` has no size pinned. ``manifest=`` (with ``path=``),
-        ``source=`` or ``origin=`` replace the origin.
+        ``source=`` or ``origin=`` replace the origin; ``manifest=`` with
+        ``manifest_sha256=`` pins the new manifest. A new manifest for a guard built
+        with ``entries=``, ``materialize_into=`` or ``symlink_root=`` keeps them.
 
         Raises:
             IntegrityError, ModelLoadError: The new version was refused.
             ValueError: The arguments do not describe one origin.
         """
         if manifest is not None or source is not None or origin is not None:
+            # A new manifest for a directory origin keeps what it hands the loader
+            # (entries, snapshot, symlink root): the loader expects the same input.
+            keep: dict[str, object] = {}
+            if manifest is not None and isinstance(self._origin, DirectoryOrigin):
+                keep = self._origin.selection()
+                if entry is None and "entries" not in keep:
+                    entry = self._origin.entry
             new = origin_from(
                 path=path,
                 sha256=sha256,
@@ -364,7 +375,11 @@ class ModelGuard(Generic[M]):
                 origin=origin,
                 version=version,
                 expected_version=self.expected_version,
+                manifest_sha256=manifest_sha256,
+                **keep,
             )
+        elif manifest_sha256 is not None:
+            raise ValueError("manifest_sha256= pins a new manifest; pass manifest= with it")
         else:
             new = self._origin.replaced(
                 path=path, sha256=sha256, size=size, entry=entry, version=version

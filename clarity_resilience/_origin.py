@@ -320,12 +320,12 @@ class OriginKeywords(TypedDict, total=False):
     source: HttpSource | None
     origin: Origin | None
     version: str | None
+    manifest_sha256: str | None
 
 
 class TrustKeywords(OriginKeywords, total=False):
     """The keywords of ``ModelGuard`` that say how a model directory is trusted."""
 
-    manifest_sha256: str | None
     signature: str | os.PathLike[str] | None
     public_key: PemSource | ec.EllipticCurvePublicKey | None
     certificate_chain: PemSource | Iterable[PemSource] | None

@@ -258,6 +258,15 @@ class DirectoryOrigin:
             version=version if version is not None else self.version,
         )
 
+    def selection(self) -> dict[str, object]:
+        """Return the keywords that say what the loader gets (kept when the manifest changes)."""
+        kept = {
+            "entries": self.entries,
+            "materialize_into": self.materialize_into,
+            "symlink_root": self.symlink_root,
+        }
+        return {name: value for name, value in kept.items() if value is not None}
+
     def describe(self) -> str:
         """Return the trust and the selection (entry names, never a directory)."""
         trust = self.trusted.describe()

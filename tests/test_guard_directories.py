@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -509,3 +510,40 @@ class TestAtomicPromotion:
         assert seen <= {1.0, 2.0, 3.0, 4.0, 6.0, 7.0, 8.0, 9.0}
         assert all(mine == sorted(mine) for mine in answers)  # never back to an old version
         assert guard.predict(version_of) == 9.0
+
+
+class TestReloadNewManifest:
+    def test_new_pinned_manifest_keeps_the_selection(
+        self, tmp_path: pathlib.Path, registry: CollectorRegistry
+    ) -> None:
+        """reload(manifest=, manifest_sha256=) pins the new manifest and keeps entries=."""
+        first, second = tmp_path / "v1", tmp_path / "v2"
+        write_sharded(first, 1.0)
+        write_sharded(second, 2.0)
+        pins = {}
+        for directory in (first, second):
+            manifest = directory.with_suffix(".json")
+            cr.Manifest.build(directory).write(manifest, format="json")
+            pins[directory] = hashlib.sha256(manifest.read_bytes()).hexdigest()
+        guard = cr.ModelGuard(
+            "m",
+            path=first,
+            manifest=first.with_suffix(".json"),
+            manifest_sha256=pins[first],
+            entries="*",
+            loader=load_sharded,
+            registry=registry,
+        )
+        guard.load()
+        with pytest.raises(cr.ChecksumMismatchError):
+            guard.reload(
+                path=second, manifest=second.with_suffix(".json"), manifest_sha256="0" * 64
+            )
+        assert guard.predict(version_of) == 1.0
+        guard.reload(
+            path=second, manifest=second.with_suffix(".json"), manifest_sha256=pins[second]
+        )
+        assert guard.predict(version_of) == 2.0
+        assert "entries='*'" in guard.origin.describe()
+        with pytest.raises(ValueError, match="manifest="):
+            guard.reload(manifest_sha256=pins[second])
