@@ -77,6 +77,7 @@ class ModelGuard(Generic[M]):
 
     Give exactly one origin: ``path`` + ``sha256`` (a file), ``manifest`` + ``path``
     (a directory; ``entry`` names the file to load when the manifest lists several),
+    ``signature`` + ``path`` + a trust root (a signed directory),
     ``source`` (a remote artifact such as :class:`~clarity_resilience.sources.HttpSource`),
     or an ``origin`` object. The guard keeps the serving record, the breaker, the swap
     and the last known good model; the origin owns reading and verifying.
@@ -93,6 +94,22 @@ class ModelGuard(Generic[M]):
             ``size`` (:class:`~clarity_resilience.sources.HttpSource`).
         origin: Any other :class:`~clarity_resilience._origin.Origin` (instead of the
             keywords above).
+        manifest_sha256: Pin the manifest file's own digest (from your configuration):
+            a manifest whose bytes differ is refused (``checksum_mismatch``).
+        signature: An OMS signature file (``model.sig``) of the directory ``path``, read
+            and authenticated at every load, instead of ``manifest``.
+        public_key, certificate_chain, identity, issuer: The signature's trust root, as
+            for :meth:`Manifest.from_signature`; built once, here.
+        entries: Load several files (``"*"``, a glob or names): the loader gets a
+            read-only ``Mapping[str, bytes]``, only if every file matched.
+        materialize_into: A private cache directory: the loader gets the
+            ``pathlib.Path`` of a verified snapshot (see :func:`materialize`).
+        symlink_root: Allow listed files that are symlinks into this directory (the
+            Hugging Face cache layout).
+        warmup: ``warmup(model)`` runs on each new version before it is promoted; if it
+            raises, the version is refused (``warmup_failed``).
+        warmup_timeout: Refuse a version whose warm-up takes longer (seconds). The
+            warm-up then runs in a daemon thread that is left running if it hangs.
         version: A version string to report (defaults to the manifest's version).
         expected_version: With a manifest: refuse (``version_mismatch``) any manifest
             whose model version differs, so a stale or foreign manifest never serves.
@@ -112,7 +129,9 @@ class ModelGuard(Generic[M]):
     Raises:
         ValueError: The origin is missing, ambiguous or incomplete, or given a setting
             it does not take (``entry=`` for a file, ``size=`` for a manifest or source).
-        TypeError: ``origin`` does not implement the origin protocol.
+        TypeError: ``origin`` does not implement the origin protocol, or not exactly
+            one way to name a signer.
+        ManifestError: The key or certificate chain cannot be read or used.
     """
 
     # One signature per kind of loader input (bytes, several files, a snapshot path), and
