@@ -57,6 +57,9 @@ if TYPE_CHECKING:
 
 __all__ = ["ModelGuard"]
 
+#: Seconds a warm-up may take when ``warmup_timeout`` is not given.
+DEFAULT_WARMUP_TIMEOUT = 300.0
+
 M = TypeVar("M")
 R = TypeVar("R")
 P = ParamSpec("P")
@@ -108,8 +111,9 @@ class ModelGuard(Generic[M]):
             Hugging Face cache layout).
         warmup: ``warmup(model)`` runs on each new version before it is promoted; if it
             raises, the version is refused (``warmup_failed``).
-        warmup_timeout: Refuse a version whose warm-up takes longer (seconds). The
-            warm-up then runs in a daemon thread that is left running if it hangs.
+        warmup_timeout: Refuse a version whose warm-up takes longer (seconds; default
+            300). The warm-up runs in a daemon thread that is left running if it hangs;
+            ``math.inf`` runs it in the loading thread, without a limit.
         version: A version string to report (defaults to the manifest's version).
         expected_version: With a manifest: refuse (``version_mismatch``) any manifest
             whose model version differs, so a stale or foreign manifest never serves.
@@ -253,7 +257,8 @@ class ModelGuard(Generic[M]):
         self.name = name
         self.loader = loader
         self.warmup = warmup
-        self.warmup_timeout = warmup_timeout
+        # Everything is bounded: a warm-up gets a limit unless it is explicitly infinite.
+        self.warmup_timeout = DEFAULT_WARMUP_TIMEOUT if warmup_timeout is None else warmup_timeout
         self.expected_version = expected_version
         self.registry = registry
         self.breaker = breaker if breaker is not None else Breaker(name, registry=registry)

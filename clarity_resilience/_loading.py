@@ -7,6 +7,7 @@ manifest entry read the same way), and every load is reported as one outcome:
 
 from __future__ import annotations
 
+import math
 import os
 import pathlib
 import threading
@@ -158,15 +159,16 @@ def deserialize_verified(
 def run_warmup(warmup: Warmup, model: object, timeout: float | None) -> None:
     """Run ``warmup(model)``; refuse the model if it raises or outlasts ``timeout`` seconds.
 
-    With a timeout the warm-up runs in a daemon thread and the caller stops waiting when
-    the time is up. Python cannot stop a thread: a warm-up that hangs keeps running in
-    the background (holding the refused model) until it returns on its own.
+    With a finite timeout the warm-up runs in a daemon thread and the caller stops
+    waiting when the time is up (``None`` or ``math.inf``: it runs here, unbounded).
+    Python cannot stop a thread: a warm-up that hangs keeps running in the background
+    (holding the refused model) until it returns on its own.
 
     Raises:
         ModelLoadError: ``warmup_failed``: the warm-up raised or timed out.
     """
     name = getattr(warmup, "__name__", type(warmup).__name__)
-    if timeout is None:
+    if timeout is None or math.isinf(timeout):
         try:
             warmup(model)
         except Exception as e:  # any warm-up failure refuses the version

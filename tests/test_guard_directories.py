@@ -547,3 +547,17 @@ class TestReloadNewManifest:
         assert "entries='*'" in guard.origin.describe()
         with pytest.raises(ValueError, match="manifest="):
             guard.reload(manifest_sha256=pins[second])
+
+
+class TestWarmupDefaults:
+    def test_warmup_is_bounded_by_default(
+        self, sharded: tuple[pathlib.Path, pathlib.Path], registry: CollectorRegistry
+    ) -> None:
+        """A warm-up without warmup_timeout still gets a limit (300 s), in its own thread."""
+        threads: list[threading.Thread] = []
+        guard = sharded_guard(
+            sharded, registry, warmup=lambda model: threads.append(threading.current_thread())
+        )
+        assert guard.warmup_timeout == 300.0
+        guard.load()
+        assert threads[0] is not threading.current_thread()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import pathlib
+import threading
 from typing import Any
 
 import numpy as np
@@ -286,3 +288,15 @@ class TestRunWarmup:
             run_warmup(broken, "model", timeout)
         assert caught.value.reason is cr.Reason.WARMUP_FAILED
         assert isinstance(caught.value.__cause__, FloatingPointError)
+
+    def test_infinite_timeout_runs_in_the_calling_thread(self) -> None:
+        """math.inf runs the warm-up inline; a finite timeout runs it in another thread."""
+        threads: list[threading.Thread] = []
+
+        def where(model: object) -> None:
+            threads.append(threading.current_thread())
+
+        run_warmup(where, "model", math.inf)
+        run_warmup(where, "model", 30.0)
+        assert threads[0] is threading.current_thread()
+        assert threads[1] is not threading.current_thread()
