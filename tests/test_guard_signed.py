@@ -270,6 +270,52 @@ class TestSignedGuard:
         assert seen == [["config.json", "model.safetensors"]]
         assert guard.status()["signer"] is not None
 
+    def test_signed_snapshot_for_a_path_loader(
+        self,
+        model_dir: pathlib.Path,
+        key: KeyPair,
+        registry: CollectorRegistry,
+        tmp_path: pathlib.Path,
+    ) -> None:
+        """materialize_into= with a signature: the path loader sees only signed files."""
+
+        def from_path(path: pathlib.Path) -> dict[str, np.ndarray]:
+            assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]
+            return cr.loaders.safetensors((path / "model.safetensors").read_bytes())
+
+        (model_dir / "unsigned.txt").write_bytes(b"never copied")
+        guard = cr.ModelGuard(
+            "m",
+            path=model_dir,
+            signature=model_dir / "model.sig",
+            public_key=key.public_pem,
+            materialize_into=tmp_path / "cache",
+            loader=from_path,
+            registry=registry,
+        )
+        guard.load()
+        assert guard.predict(mean) == 1.0
+        assert str(guard.status()["signer"]).startswith("sha256:")
+
+    def test_keyless_trust_is_built_without_the_network(self, model_dir: pathlib.Path) -> None:
+        """identity= and issuer= build a Sigstore trust root at construction, offline."""
+        guard = cr.ModelGuard(
+            "m",
+            path=model_dir,
+            signature=model_dir / "model.sig",
+            identity="release@example.com",
+            issuer="https://accounts.example.com",
+            entry="model.safetensors",
+        )
+        assert guard.origin.describe() == "signed entry='model.safetensors'"
+        with pytest.raises(TypeError, match="issuer"):
+            cr.ModelGuard(
+                "m",
+                path=model_dir,
+                signature=model_dir / "model.sig",
+                identity="release@example.com",
+            )
+
 
 class TestPinnedManifest:
     @pytest.fixture
