@@ -29,6 +29,7 @@ from ._manifest import Manifest
 from ._manifest_fs import _MAX_MANIFEST_BYTES
 from ._outcome import Attempt
 from ._reasons import Reason
+from ._signing import SignedManifest
 from .exceptions import ChecksumMismatchError, IntegrityError, ManifestError
 
 if TYPE_CHECKING:
@@ -178,7 +179,7 @@ class DirectoryOrigin:
         """Read the manifest now, then the selected files once, verified; report refusals."""
         attempt = Attempt(model, registry)
         manifest = self.trusted.read(attempt)
-        signer = getattr(manifest, "signer", None)
+        signer = manifest.signer if isinstance(manifest, SignedManifest) else None
         version = self.version or manifest.version
         with attempt.checking(self.trusted.label):
             self._check_version(manifest)
