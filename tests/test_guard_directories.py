@@ -319,7 +319,7 @@ class TestWarmup:
                 entered.set()
                 release.wait(60)
 
-        guard = sharded_guard(sharded, registry, warmup=warm, warmup_timeout=0.5)
+        guard = sharded_guard(sharded, registry, warmup=warm, warmup_timeout=2.0)
         guard.load()
         write_sharded(root, 2.0)
         cr.Manifest.build(root).write(manifest, format="json")
