@@ -11,10 +11,11 @@ from ._breaker import Breaker
 from ._files import read_verified_files
 from ._guard import ModelGuard
 from ._integrity import DEFAULT_MAX_SIZE, read_verified, sha256_file
-from ._loading import load_verified
+from ._loading import load_verified, load_verified_files
 from ._manifest import Manifest, ManifestEntry
 from ._materialize import materialize
 from ._reasons import Reason
+from ._signing import SignedManifest
 from .exceptions import (
     ChecksumMismatchError,
     CircuitOpenError,
@@ -48,10 +49,12 @@ __all__ = [
     "OverloadedError",
     "PredictionTimeoutError",
     "Reason",
+    "SignedManifest",
     "SizeMismatchError",
     "__version__",
     "instrumentation",
     "load_verified",
+    "load_verified_files",
     "loaders",
     "materialize",
     "read_verified",

@@ -12,10 +12,11 @@ import dataclasses
 import functools
 import inspect
 import os
+import pathlib
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -29,7 +30,8 @@ from typing import (
 
 from ._breaker import Breaker
 from ._loading import deserialize_verified
-from ._origin import Origin, OriginKeywords, origin_from
+from ._origin import Origin, OriginKeywords, TrustKeywords, origin_from
+from ._origin_directory import DirectoryOrigin
 from ._reasons import Reason, bytes_refused
 from .exceptions import (
     ClarityResilienceError,
@@ -46,12 +48,17 @@ from .instrumentation import (
 )
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
     from prometheus_client import CollectorRegistry
 
     from ._manifest import Manifest
+    from ._signing import PemSource
     from .sources import CachedSource
 
 __all__ = ["ModelGuard"]
+
+#: Seconds a warm-up may take when ``warmup_timeout`` is not given.
+DEFAULT_WARMUP_TIMEOUT = 300.0
 
 M = TypeVar("M")
 R = TypeVar("R")
@@ -65,6 +72,7 @@ class _Serving(Generic[M]):
     model: M
     sha256: str
     version: str | None
+    signer: str | None = None
 
 
 class ModelGuard(Generic[M]):
@@ -72,6 +80,7 @@ class ModelGuard(Generic[M]):
 
     Give exactly one origin: ``path`` + ``sha256`` (a file), ``manifest`` + ``path``
     (a directory; ``entry`` names the file to load when the manifest lists several),
+    ``signature`` + ``path`` + a trust root (a signed directory),
     ``source`` (a remote artifact such as :class:`~clarity_resilience.sources.HttpSource`),
     or an ``origin`` object. The guard keeps the serving record, the breaker, the swap
     and the last known good model; the origin owns reading and verifying.
@@ -88,6 +97,23 @@ class ModelGuard(Generic[M]):
             ``size`` (:class:`~clarity_resilience.sources.HttpSource`).
         origin: Any other :class:`~clarity_resilience._origin.Origin` (instead of the
             keywords above).
+        manifest_sha256: Pin the manifest file's own digest (from your configuration):
+            a manifest whose bytes differ is refused (``checksum_mismatch``).
+        signature: An OMS signature file (``model.sig``) of the directory ``path``, read
+            and authenticated at every load, instead of ``manifest``.
+        public_key, certificate_chain, identity, issuer: The signature's trust root, as
+            for :meth:`Manifest.from_signature`; built once, here.
+        entries: Load several files (``"*"``, a glob or names): the loader gets a
+            read-only ``Mapping[str, bytes]``, only if every file matched.
+        materialize_into: A private cache directory: the loader gets the
+            ``pathlib.Path`` of a verified snapshot (see :func:`materialize`).
+        symlink_root: Allow listed files that are symlinks into this directory (the
+            Hugging Face cache layout).
+        warmup: ``warmup(model)`` runs on each new version before it is promoted; if it
+            raises, the version is refused (``warmup_failed``).
+        warmup_timeout: Refuse a version whose warm-up takes longer (seconds; default
+            300). The warm-up runs in a daemon thread that is left running if it hangs;
+            ``math.inf`` runs it in the loading thread, without a limit.
         version: A version string to report (defaults to the manifest's version).
         expected_version: With a manifest: refuse (``version_mismatch``) any manifest
             whose model version differs, so a stale or foreign manifest never serves.
@@ -107,24 +133,69 @@ class ModelGuard(Generic[M]):
     Raises:
         ValueError: The origin is missing, ambiguous or incomplete, or given a setting
             it does not take (``entry=`` for a file, ``size=`` for a manifest or source).
-        TypeError: ``origin`` does not implement the origin protocol.
+        TypeError: ``origin`` does not implement the origin protocol, or not exactly
+            one way to name a signer.
+        ManifestError: The key or certificate chain cannot be read or used.
     """
 
-    # Two signatures so that a guard without a loader is a ModelGuard[Any] (auto detects
-    # the format at run time) instead of a guard whose model type cannot be inferred.
+    # One signature per kind of loader input (bytes, several files, a snapshot path), and
+    # one without a loader, so that a guard without a loader is a ModelGuard[Any] (auto
+    # detects the format at run time) instead of a guard whose type cannot be inferred.
     @overload
     def __init__(
         self,
         name: str,
         *,
+        materialize_into: str | os.PathLike[str],
+        loader: Callable[[pathlib.Path], M],
+        entries: str | Sequence[str] | None = None,
+        warmup: Callable[[M], object] | None = None,
+        warmup_timeout: float | None = None,
         expected_version: str | None = None,
-        loader: Callable[[bytes], M],
         breaker: Breaker | None = None,
         registry: CollectorRegistry | None = None,
         invalid_input: Iterable[type[Exception]] = (),
         unavailable_retry_after: float = 5.0,
         integrity_retry_after: float = 300.0,
-        **origin: Unpack[OriginKeywords],
+        **origin: Unpack[TrustKeywords],
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self,
+        name: str,
+        *,
+        entries: str | Sequence[str],
+        loader: Callable[[Mapping[str, bytes]], M],
+        materialize_into: None = None,
+        warmup: Callable[[M], object] | None = None,
+        warmup_timeout: float | None = None,
+        expected_version: str | None = None,
+        breaker: Breaker | None = None,
+        registry: CollectorRegistry | None = None,
+        invalid_input: Iterable[type[Exception]] = (),
+        unavailable_retry_after: float = 5.0,
+        integrity_retry_after: float = 300.0,
+        **origin: Unpack[TrustKeywords],
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self,
+        name: str,
+        *,
+        loader: Callable[[bytes], M],
+        entries: None = None,
+        materialize_into: None = None,
+        warmup: Callable[[M], object] | None = None,
+        warmup_timeout: float | None = None,
+        expected_version: str | None = None,
+        breaker: Breaker | None = None,
+        registry: CollectorRegistry | None = None,
+        invalid_input: Iterable[type[Exception]] = (),
+        unavailable_retry_after: float = 5.0,
+        integrity_retry_after: float = 300.0,
+        **origin: Unpack[TrustKeywords],
     ) -> None: ...
 
     @overload
@@ -132,14 +203,18 @@ class ModelGuard(Generic[M]):
         self: ModelGuard[Any],
         name: str,
         *,
-        expected_version: str | None = None,
         loader: None = None,
+        entries: None = None,
+        materialize_into: None = None,
+        warmup: Callable[[Any], object] | None = None,
+        warmup_timeout: float | None = None,
+        expected_version: str | None = None,
         breaker: Breaker | None = None,
         registry: CollectorRegistry | None = None,
         invalid_input: Iterable[type[Exception]] = (),
         unavailable_retry_after: float = 5.0,
         integrity_retry_after: float = 300.0,
-        **origin: Unpack[OriginKeywords],
+        **origin: Unpack[TrustKeywords],
     ) -> None: ...
 
     def __init__(
@@ -155,7 +230,18 @@ class ModelGuard(Generic[M]):
         origin: Origin | None = None,
         version: str | None = None,
         expected_version: str | None = None,
-        loader: Callable[[bytes], M] | None = None,
+        manifest_sha256: str | None = None,
+        signature: str | os.PathLike[str] | None = None,
+        public_key: PemSource | ec.EllipticCurvePublicKey | None = None,
+        certificate_chain: PemSource | Iterable[PemSource] | None = None,
+        identity: str | None = None,
+        issuer: str | None = None,
+        entries: str | Sequence[str] | None = None,
+        materialize_into: str | os.PathLike[str] | None = None,
+        symlink_root: str | os.PathLike[str] | None = None,
+        loader: Callable[[Any], M] | None = None,
+        warmup: Callable[[M], object] | None = None,
+        warmup_timeout: float | None = None,
         breaker: Breaker | None = None,
         registry: CollectorRegistry | None = None,
         invalid_input: Iterable[type[Exception]] = (),
@@ -164,8 +250,15 @@ class ModelGuard(Generic[M]):
     ) -> None:
         if not name or not isinstance(name, str):
             raise ValueError(f"name must be a non-empty str, got {name!r}")
+        if warmup_timeout is not None and (warmup is None or not warmup_timeout > 0):
+            raise ValueError("warmup_timeout= must be a positive number of seconds, with warmup=")
+        if materialize_into is not None and loader is None:
+            raise ValueError("materialize_into= needs a loader= that takes a path")
         self.name = name
         self.loader = loader
+        self.warmup = warmup
+        # Everything is bounded: a warm-up gets a limit unless it is explicitly infinite.
+        self.warmup_timeout = DEFAULT_WARMUP_TIMEOUT if warmup_timeout is None else warmup_timeout
         self.expected_version = expected_version
         self.registry = registry
         self.breaker = breaker if breaker is not None else Breaker(name, registry=registry)
@@ -182,6 +275,15 @@ class ModelGuard(Generic[M]):
             origin=origin,
             version=version,
             expected_version=expected_version,
+            manifest_sha256=manifest_sha256,
+            signature=signature,
+            public_key=public_key,
+            certificate_chain=certificate_chain,
+            identity=identity,
+            issuer=issuer,
+            entries=entries,
+            materialize_into=materialize_into,
+            symlink_root=symlink_root,
         )
         self._serving: _Serving[M] | None = None
         self._last_error: ClarityResilienceError | None = None
@@ -220,6 +322,7 @@ class ModelGuard(Generic[M]):
             "ready": serving is not None,
             "sha256": serving.sha256[:12] if serving else None,
             "version": serving.version if serving else None,
+            "signer": serving.signer if serving else None,
             "breaker": self.breaker.state,
             "last_error": str(self._last_error.reason) if self._last_error else None,
         }
@@ -256,6 +359,7 @@ class ModelGuard(Generic[M]):
         source: CachedSource | None = None,
         origin: Origin | None = None,
         version: str | None = None,
+        manifest_sha256: str | None = None,
     ) -> M:
         """Verify and load a new version off the serving path, then swap atomically.
 
@@ -269,13 +373,22 @@ class ModelGuard(Generic[M]):
         change that origin (``path=``/``sha256=``/``size=`` for a file, ``path=``/
         ``entry=`` for a manifest's directory and entry, ``version=`` for any); a new
         file without ``size=`` has no size pinned. ``manifest=`` (with ``path=``),
-        ``source=`` or ``origin=`` replace the origin.
+        ``source=`` or ``origin=`` replace the origin; ``manifest=`` with
+        ``manifest_sha256=`` pins the new manifest. A new manifest for a guard built
+        with ``entries=``, ``materialize_into=`` or ``symlink_root=`` keeps them.
 
         Raises:
             IntegrityError, ModelLoadError: The new version was refused.
             ValueError: The arguments do not describe one origin.
         """
         if manifest is not None or source is not None or origin is not None:
+            # A new manifest for a directory origin keeps what it hands the loader
+            # (entries, snapshot, symlink root): the loader expects the same input.
+            keep: dict[str, object] = {}
+            if manifest is not None and isinstance(self._origin, DirectoryOrigin):
+                keep = self._origin.selection()
+                if entry is None and "entries" not in keep:
+                    entry = self._origin.entry
             new = origin_from(
                 path=path,
                 sha256=sha256,
@@ -286,7 +399,11 @@ class ModelGuard(Generic[M]):
                 origin=origin,
                 version=version,
                 expected_version=self.expected_version,
+                manifest_sha256=manifest_sha256,
+                **keep,
             )
+        elif manifest_sha256 is not None:
+            raise ValueError("manifest_sha256= pins a new manifest; pass manifest= with it")
         else:
             new = self._origin.replaced(
                 path=path, sha256=sha256, size=size, entry=entry, version=version
@@ -355,8 +472,10 @@ class ModelGuard(Generic[M]):
             loader=self.loader,
             model=self.name,
             registry=self.registry,
+            warmup=self.warmup,
+            warmup_timeout=self.warmup_timeout,
         )
-        return _Serving(model, verified.sha256, verified.version)
+        return _Serving(model, verified.sha256, verified.version, verified.signer)
 
     # -- predicting -----------------------------------------------------------------
 

@@ -20,9 +20,13 @@ from ._reasons import Reason
 from .exceptions import IntegrityError, ManifestError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from cryptography.hazmat.primitives.asymmetric import ec
     from prometheus_client import CollectorRegistry
 
     from ._manifest import Manifest
+    from ._signing import PemSource
     from .sources import CachedSource
 
 __all__ = [
@@ -31,6 +35,7 @@ __all__ = [
     "OriginKeywords",
     "PinnedFile",
     "SourceOrigin",
+    "TrustKeywords",
     "origin_from",
 ]
 
@@ -315,6 +320,18 @@ class OriginKeywords(TypedDict, total=False):
     source: CachedSource | None
     origin: Origin | None
     version: str | None
+    manifest_sha256: str | None
+
+
+class TrustKeywords(OriginKeywords, total=False):
+    """The keywords of ``ModelGuard`` that say how a model directory is trusted."""
+
+    signature: str | os.PathLike[str] | None
+    public_key: PemSource | ec.EllipticCurvePublicKey | None
+    certificate_chain: PemSource | Iterable[PemSource] | None
+    identity: str | None
+    issuer: str | None
+    symlink_root: str | os.PathLike[str] | None
 
 
 def origin_from(
@@ -328,24 +345,48 @@ def origin_from(
     origin: Origin | None = None,
     version: str | None = None,
     expected_version: str | None = None,
+    **directory: object,
 ) -> Origin:
     """Return the origin that ``ModelGuard``'s keywords describe.
 
     ``sha256=`` selects a :class:`PinnedFile`, ``manifest=`` a :class:`ManifestEntryOrigin`
-    and ``source=`` a :class:`SourceOrigin`; each validates its own settings. ``origin=``
-    is any :class:`Origin`, taken as it is. ``expected_version`` is the guard's policy:
-    it applies to manifests only.
+    and ``source=`` a :class:`SourceOrigin`; each validates its own settings. A
+    ``signature=`` (with its trust keywords), a pinned manifest (``manifest_sha256=``),
+    ``entries=``, ``materialize_into=`` or ``symlink_root=`` select a
+    :class:`~._origin_directory.DirectoryOrigin` (see :func:`directory_origin`).
+    ``origin=`` is any :class:`Origin`, taken as it is. ``expected_version`` is the
+    guard's policy: it applies to manifests only.
 
     Raises:
         ValueError: Not exactly one origin, an incomplete one, or a setting it does not take.
-        TypeError: ``origin`` does not implement :class:`Origin`.
+        TypeError: ``origin`` does not implement :class:`Origin`, or bad trust keywords.
+        ManifestError: A key or certificate chain that cannot be used.
     """
+    given = {name: value for name, value in directory.items() if value is not None}
     if origin is not None:
-        if any(x is not None for x in (path, sha256, size, manifest, entry, source, version)):
+        if given or any(
+            x is not None for x in (path, sha256, size, manifest, entry, source, version)
+        ):
             raise ValueError("origin= describes the whole origin; pass no other origin keyword")
         if not isinstance(origin, Origin):
             raise TypeError(f"origin must implement Origin, not {type(origin).__name__}")
         return origin
+    if given:
+        from ._origin_directory import directory_origin
+
+        if sha256 is not None or source is not None or size is not None:
+            raise ValueError(
+                f"{', '.join(f'{name}=' for name in sorted(given))} needs a model directory: "
+                "path= with manifest= or signature=, not sha256=, size= or source="
+            )
+        return directory_origin(
+            path=path,
+            manifest=manifest,
+            entry=entry,
+            version=version,
+            expected_version=expected_version,
+            **given,
+        )
     if sum(x is not None for x in (sha256, manifest, source)) != 1:
         raise ValueError("give exactly one of sha256= (with path=), manifest= or source=")
     if source is not None:

@@ -110,10 +110,16 @@ class Attempt:
 
     # -- the load: did the loader accept the verified bytes? ------------------------
 
-    def loaded(self, sha256: str, version: str | None) -> None:
-        """Report that the verified bytes (``sha256``, ``version``) became a model."""
+    def loaded(self, sha256: str, version: str | None, *, signer: str | None = None) -> None:
+        """Report that the verified bytes (``sha256``, ``version``, ``signer``) became a model."""
         self.emitter.emit(
-            ModelLoaded(model=self.model, sha256=sha256, version=version, duration=self.elapsed())
+            ModelLoaded(
+                model=self.model,
+                sha256=sha256,
+                version=version,
+                duration=self.elapsed(),
+                signer=signer,
+            )
         )
 
     def load_failed(self, error: ClarityResilienceError) -> bool:

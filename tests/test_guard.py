@@ -487,6 +487,7 @@ class TestPredict:
             "ready": True,
             "sha256": digest[:12],
             "version": None,
+            "signer": None,
             "breaker": "closed",
             "last_error": None,
         }

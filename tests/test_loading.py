@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import pathlib
+import threading
 from typing import Any
 
 import numpy as np
@@ -12,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from safetensors.numpy import save
 
 import clarity_resilience as cr
-from clarity_resilience._loading import VerifiedBytes, deserialize_verified
+from clarity_resilience._loading import VerifiedBytes, deserialize_verified, run_warmup
 from clarity_resilience._outcome import Attempt, was_reported
 from clarity_resilience.instrumentation import (
     Event,
@@ -265,3 +267,36 @@ class TestRefusedBytesAreReleased:
                 tb = tb.tb_next
             error = error.__cause__
         assert held == []
+
+
+class TestRunWarmup:
+    def test_passing_warmup_returns(self) -> None:
+        """A warm-up that returns lets the model through, with or without a timeout."""
+        seen: list[object] = []
+        run_warmup(seen.append, "model", None)
+        run_warmup(seen.append, "model", 30.0)
+        assert seen == ["model", "model"]
+
+    @pytest.mark.parametrize("timeout", [None, 30.0])
+    def test_raising_warmup_is_warmup_failed(self, timeout: float | None) -> None:
+        """Any exception from the warm-up becomes ModelLoadError(warmup_failed), chained."""
+
+        def broken(model: object) -> None:
+            raise FloatingPointError("nan in output")
+
+        with pytest.raises(cr.ModelLoadError, match="nan in output") as caught:
+            run_warmup(broken, "model", timeout)
+        assert caught.value.reason is cr.Reason.WARMUP_FAILED
+        assert isinstance(caught.value.__cause__, FloatingPointError)
+
+    def test_infinite_timeout_runs_in_the_calling_thread(self) -> None:
+        """math.inf runs the warm-up inline; a finite timeout runs it in another thread."""
+        threads: list[threading.Thread] = []
+
+        def where(model: object) -> None:
+            threads.append(threading.current_thread())
+
+        run_warmup(where, "model", math.inf)
+        run_warmup(where, "model", 30.0)
+        assert threads[0] is threading.current_thread()
+        assert threads[1] is not threading.current_thread()

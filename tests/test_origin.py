@@ -23,6 +23,11 @@ from clarity_resilience._origin import (
     SourceOrigin,
     origin_from,
 )
+from clarity_resilience._origin_directory import (
+    DirectoryOrigin,
+    TrustedManifest,
+    selection_sha256,
+)
 from clarity_resilience.instrumentation import (
     Event,
     IntegrityCheckFailed,
@@ -245,11 +250,11 @@ class TestPinnedFile:
             PinnedFile("p", "abc")
         for size in (-1, True, 1.5):
             with pytest.raises(ValueError, match="size"):
-                PinnedFile("p", "0" * 64, size)  # type: ignore[arg-type]
+                PinnedFile("p", "0" * 64, size)
 
     def test_normalizes_path_and_digest(self, tmp_path: pathlib.Path) -> None:
         """A PathLike path becomes a str and an upper-case digest is lowered."""
-        origin = PinnedFile(tmp_path / "m", "A" * 64)  # type: ignore[arg-type]
+        origin = PinnedFile(tmp_path / "m", "A" * 64)
         assert origin.path == str(tmp_path / "m")
         assert origin.sha256 == "a" * 64
 
@@ -479,7 +484,7 @@ class TestCustomOrigin:
         with pytest.raises(ValueError, match="origin="):
             cr.ModelGuard("m", origin=InMemoryOrigin(MODEL), version="v")
         with pytest.raises(TypeError, match="Origin"):
-            cr.ModelGuard("m", origin="model.bin")  # type: ignore[arg-type]
+            cr.ModelGuard("m", origin="model.bin")
         guard = cr.ModelGuard("m", origin=InMemoryOrigin(MODEL))
         with pytest.raises(ValueError, match="origin="):
             guard.reload(origin=InMemoryOrigin(OTHER), path="x")
@@ -533,3 +538,99 @@ class TestSourceCache:
         assert verified == VerifiedBytes(MODEL, digest(MODEL), None)
         assert store.requests("model.safetensors") == before
         assert [type(e).__name__ for e in events] == ["IntegrityCheckPassed"]
+
+
+class TestDirectoryOrigin:
+    @pytest.fixture
+    def directory(self, tmp_path: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path, str]:
+        root = tmp_path / "secret-dir"
+        root.mkdir()
+        (root / "a.bin").write_bytes(MODEL)
+        (root / "b.bin").write_bytes(OTHER)
+        manifest = tmp_path / "m.sha256"
+        cr.Manifest.build(root).write(manifest)
+        return root, manifest, digest(manifest.read_bytes())
+
+    def test_new_keywords_select_a_directory_origin(
+        self, directory: tuple[pathlib.Path, pathlib.Path, str]
+    ) -> None:
+        """manifest_sha256=, entries=, materialize_into=, symlink_root= make a DirectoryOrigin."""
+        root, manifest, pin = directory
+        for extra in (
+            {"manifest_sha256": pin, "entry": "a.bin"},
+            {"entries": ["a.bin"]},
+            {"materialize_into": root.parent / "cache"},
+            {"symlink_root": root.parent, "entry": "a.bin"},
+        ):
+            origin = origin_from(path=root, manifest=manifest, **extra)
+            assert isinstance(origin, DirectoryOrigin)
+        assert isinstance(origin_from(path=root, manifest=manifest, entry="a.bin"), Origin)
+        plain = origin_from(path=root, manifest=manifest, entry="a.bin", entries=None)
+        assert isinstance(plain, ManifestEntryOrigin)
+
+    def test_reads_verified_bytes_mapping_or_snapshot(
+        self, directory: tuple[pathlib.Path, pathlib.Path, str], registry: CollectorRegistry
+    ) -> None:
+        """One entry gives bytes, entries= a read-only mapping, materialize_into= a Path."""
+        root, manifest, pin = directory
+        trusted = TrustedManifest(str(manifest), sha256=pin)
+        one = DirectoryOrigin(str(root), trusted, entry="a.bin").read(model="m", registry=registry)
+        assert one == VerifiedBytes(MODEL, digest(MODEL), None, None)
+        several = DirectoryOrigin(str(root), trusted, entries="*").read(model="m", registry=None)
+        assert dict(several.data) == {"a.bin": MODEL, "b.bin": OTHER}
+        assert several.sha256 == selection_sha256(cr.Manifest.read(manifest), ["b.bin", "a.bin"])
+        snap = DirectoryOrigin(
+            str(root), trusted, entries=["b.bin"], materialize_into=str(root.parent / "c")
+        ).read(model="m", registry=None)
+        assert isinstance(snap.data, pathlib.Path)
+        assert (snap.data / "b.bin").read_bytes() == OTHER
+        assert not (snap.data / "a.bin").exists()
+
+    def test_describe_never_names_a_path(
+        self, directory: tuple[pathlib.Path, pathlib.Path, str]
+    ) -> None:
+        """describe() says the trust and the selection, never a directory or manifest path."""
+        root, manifest, pin = directory
+        pinned = TrustedManifest(str(manifest), sha256=pin)
+        origin = DirectoryOrigin(str(root), pinned, entries=["a.bin"], materialize_into="/c")
+        text = origin.describe()
+        assert text == f"pinned manifest sha256={pin[:12]} entries=['a.bin'] materialized"
+        assert "secret-dir" not in text
+        assert DirectoryOrigin(str(root), TrustedManifest(str(manifest))).describe() == "manifest"
+
+    def test_replaced_and_selection(
+        self, directory: tuple[pathlib.Path, pathlib.Path, str]
+    ) -> None:
+        """A reload may move the directory or entry; the manifest fixes digests and sizes."""
+        root, manifest, _ = directory
+        origin = DirectoryOrigin(str(root), TrustedManifest(str(manifest)), entry="a.bin")
+        moved = origin.replaced(path="/elsewhere", entry="b.bin", version="v2")
+        assert (moved.directory, moved.entry, moved.version) == ("/elsewhere", "b.bin", "v2")
+        with pytest.raises(ValueError, match="fixes the digest"):
+            origin.replaced(sha256="0" * 64)
+        several = DirectoryOrigin(str(root), TrustedManifest(str(manifest)), entries=["a.bin"])
+        assert several.entries == ("a.bin",)
+        with pytest.raises(ValueError, match="entries="):
+            several.replaced(entry="b.bin")
+        assert several.selection() == {"entries": ("a.bin",)}
+
+    def test_trusted_manifest_validation(self, tmp_path: pathlib.Path) -> None:
+        """Exactly one source of trust; a pin needs a manifest file; a signature a trust root."""
+        with pytest.raises(ValueError, match="exactly one"):
+            TrustedManifest()
+        with pytest.raises(ValueError, match="exactly one"):
+            TrustedManifest("m", signature="s")
+        with pytest.raises(ValueError, match="trust root"):
+            TrustedManifest(signature="s")
+        with pytest.raises(ValueError, match="manifest file"):
+            TrustedManifest(cr.Manifest([cr.ManifestEntry("a", "0" * 64)]), sha256="0" * 64)
+
+    def test_several_files_without_a_selection_are_refused_at_load(
+        self, directory: tuple[pathlib.Path, pathlib.Path, str], events: list[Event]
+    ) -> None:
+        """A manifest listing several files and no entry/entries: one audited refusal."""
+        root, manifest, pin = directory
+        origin = DirectoryOrigin(str(root), TrustedManifest(str(manifest), sha256=pin))
+        with pytest.raises(cr.ManifestError, match="entries="):
+            origin.read(model="m", registry=CollectorRegistry())
+        assert len([e for e in events if isinstance(e, IntegrityCheckFailed)]) == 1

@@ -186,6 +186,7 @@ class ModelLoaded(Event):
     sha256: str
     version: str | None
     duration: float
+    signer: str | None = None  # who signed the manifest, for signed origins
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ guard that needs an annotation) fails the typecheck session, not a user.
 from __future__ import annotations
 
 import pathlib
+from collections.abc import Mapping
 from typing import Any, assert_type
 
 import numpy as np
@@ -134,3 +135,57 @@ async def breaker_async() -> None:
 
 def arrays() -> NDArray[np.float32]:
     return np.zeros(3, np.float32)
+
+
+def from_files(files: Mapping[str, bytes]) -> dict[str, NDArray[Any]]:
+    return {name: np.frombuffer(data, np.uint8) for name, data in files.items()}
+
+
+def from_path(path: pathlib.Path) -> str:
+    return str(path)
+
+
+def warm(model: dict[str, NDArray[Any]]) -> None:
+    del model
+
+
+def directories(manifest: cr.Manifest) -> None:
+    signed = cr.ModelGuard(
+        "m",
+        path="model",
+        signature="model/model.sig",
+        public_key="key.pub",
+        entry="model.safetensors",
+        loader=cr.loaders.safetensors,
+        warmup=warm,
+        warmup_timeout=30.0,
+    )
+    assert_type(signed, cr.ModelGuard[dict[str, NDArray[Any]]])
+    sharded = cr.ModelGuard(
+        "m",
+        path="model",
+        manifest="manifest.json",
+        manifest_sha256=DIGEST,
+        entries="*.safetensors",
+        loader=from_files,
+        warmup=warm,
+    )
+    assert_type(sharded, cr.ModelGuard[dict[str, NDArray[Any]]])
+    snapshot = cr.ModelGuard(
+        "m",
+        path="model",
+        certificate_chain=["root.pem"],
+        signature="model/model.sig",
+        materialize_into="/var/cache/models",
+        loader=from_path,
+    )
+    assert_type(snapshot, cr.ModelGuard[str])
+    assert_type(
+        cr.load_verified_files("model", manifest, loader=from_files, entries=["a", "b"]),
+        dict[str, NDArray[Any]],
+    )
+    signed_manifest = cr.Manifest.from_signature("model.sig", public_key="key.pub")
+    assert_type(signed_manifest, cr.SignedManifest)
+    assert_type(signed_manifest.signer, str)
+    # Several files are a mapping, never bytes: a bytes loader with entries= is a type error.
+    cr.ModelGuard("m", path="d", manifest="m", entries="*", loader=parse)  # type: ignore[arg-type]
