@@ -171,6 +171,26 @@ class TestChunkDigests:
         )
         assert got == model.data
 
+    def test_shrunk_while_being_hashed(
+        self, model: Model, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A truncation while digests are made is refused, not recorded."""
+        hook = hook_hashing(monkeypatch, lambda: os.truncate(model.path, CHUNK))
+        with pytest.raises(SizeMismatchError, match="shrank"):
+            chunk_digests(model.path, chunk_size=CHUNK, workers=1)
+        assert hook.fired.is_set()
+
+    def test_grown_while_being_hashed(self, model: Model, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Bytes appended while digests are made are refused, not left out."""
+
+        def append() -> None:
+            with open(model.path, "ab") as f:
+                f.write(b"appended")
+
+        hook_hashing(monkeypatch, append)
+        with pytest.raises(SizeMismatchError, match="grew"):
+            chunk_digests(model.path, chunk_size=CHUNK, workers=1)
+
     def test_symlink_is_refused(self, model: Model, tmp_path: pathlib.Path) -> None:
         """Digests are never made through a symbolic link."""
         link = tmp_path / "link.bin"
