@@ -200,7 +200,7 @@ def _signals_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def _as_integrity_error(error: BaseException, path: str) -> BaseException:
+def _as_integrity_error(error: BaseException, path: str) -> IntegrityError:
     """Return the error a failed worker is reported as (always typed: fail closed)."""
     if isinstance(error, IntegrityError):
         return error
@@ -235,11 +235,14 @@ def _run_chunks(
     try:
         # Submitting starts the threads: an interrupt inside Thread.start() would leave
         # a thread the executor does not know of, so signals wait until it is done.
-        with _signals_held():
-            for index in range(count):
-                start = index * chunk_size
-                end = min(start + chunk_size, size)
-                futures.append(executor.submit(work, fd, path, start, end, stop))
+        try:
+            with _signals_held():
+                for index in range(count):
+                    start = index * chunk_size
+                    end = min(start + chunk_size, size)
+                    futures.append(executor.submit(work, fd, path, start, end, stop))
+        except Exception as e:  # e.g. no thread could be started: fail typed
+            raise _as_integrity_error(e, path) from e
         done, _ = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
         failures = [
             error
@@ -340,7 +343,14 @@ def read_verified_chunks(
     name = os.fspath(path)
     fd, st = _open_sized(name, size)
     try:
-        buffer = _new_buffer(size)
+        try:
+            buffer = _new_buffer(size)
+        except (OSError, MemoryError) as e:
+            raise IntegrityError(
+                f"{name} could not be read: no memory for {size} bytes",
+                path=name,
+                reason=Reason.IO_ERROR,
+            ) from e
         fill = functools.partial(_read_chunk, buffer=buffer)
         actual = _run_chunks(fd, name, size, chunk_size=chunk_size, workers=threads, work=fill)
         _check_not_grown(fd, name, size)

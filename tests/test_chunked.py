@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import mmap
 import os
 import pathlib
 import signal
@@ -379,6 +381,33 @@ class TestWorkerFailures:
         assert caught.value.reason == Reason.IO_ERROR
         assert caught.value.__cause__ is error
         assert chunk_threads() == []
+        assert open_fds() == fds
+
+    def test_no_thread_can_start(self, model: Model, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A thread that cannot be started fails the read typed, closing the file."""
+        fds = open_fds()
+
+        def refuse(*args: Any, **kwargs: Any) -> None:
+            raise RuntimeError("can't start new thread")
+
+        monkeypatch.setattr(threading.Thread, "start", refuse)
+        with pytest.raises(IntegrityError) as caught:
+            model.read()
+        assert caught.value.reason == Reason.IO_ERROR
+        assert open_fds() == fds
+
+    def test_no_memory_for_the_buffer(self, model: Model, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A buffer that cannot be allocated fails the read typed, closing the file."""
+        fds = open_fds()
+
+        def no_memory(*args: Any, **kwargs: Any) -> None:
+            raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+        monkeypatch.setattr(mmap, "mmap", no_memory)
+        with pytest.raises(IntegrityError) as caught:
+            model.read()
+        assert caught.value.reason == Reason.IO_ERROR
+        assert "no memory" in str(caught.value)
         assert open_fds() == fds
 
 
