@@ -36,12 +36,22 @@ LABELS: dict[tuple[str, str], str] = {
     ("breaker", "closed.ours_vs_pybreaker"): "breaker call / pybreaker call",
     ("breaker", "open.ours_vs_pybreaker"): "rejection / pybreaker rejection",
     ("breaker", "threads.ours_vs_pybreaker"): "16 threads: calls/s / pybreaker's",
-    ("http", "ratio_503_to_200"): "HTTP: 503 path / trivial 200, req/s",
+    ("http", "http.ratio_503_to_200"): "HTTP: 503 path / trivial 200, req/s",
 }
 
 MET, MISSED, INK, GRID = "#2e7d32", "#c62828", "#222222", "#dddddd"
 WIDTH, LABEL_W, PLOT_X, PLOT_W = 940, 330, 340, 380
 ROW, TOP, BOTTOM = 26, 74, 56
+
+
+def disturbed_runs(node: Any) -> tuple[int, int]:
+    """Return (timed runs kept although other processes were busy, timed runs) in ``node``."""
+    if isinstance(node, dict):
+        if "repetitions" in node and "contended_runs" in node:
+            return int(node["contended_runs"]), int(node["repetitions"])
+        pairs = [disturbed_runs(value) for value in node.values()]
+        return sum(p[0] for p in pairs), sum(p[1] for p in pairs)
+    return 0, 0
 
 
 def label(item: dict[str, Any]) -> str:
@@ -100,7 +110,8 @@ def render_svg(document: dict[str, Any]) -> str:
     facts = (
         f"{m.get('cpus', '?')} CPUs ({m.get('cpu', 'unknown CPU')}), Python "
         f"{m.get('python', '?')}, {'quick' if document.get('quick') else 'full'} run, "
-        "page cache warm; each ratio against a baseline measured in the same run"
+        f"load {m.get('load_average_1m', '?')}, page cache warm; each ratio against a "
+        "baseline measured in the same run"
     )
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
@@ -182,11 +193,13 @@ def update_markdown(text: str, document: dict[str, Any]) -> str:
     if start < 0 or end < start:
         return text
     m = document.get("machine", {})
+    disturbed, runs = disturbed_runs(document.get("benchmarks", {}))
     facts = (
         f"Measured in one {'quick' if document.get('quick') else 'full'} run on "
         f"{m.get('cpus', '?')} CPUs ({m.get('cpu', 'unknown CPU')}), Python "
         f"{m.get('python', '?')}, {m.get('platform', '?')}; 1-minute load average at the "
-        f"start {m.get('load_average_1m', '?')}; page cache warm.\n"
+        f"start {m.get('load_average_1m', '?')}; page cache warm; {disturbed} of {runs} "
+        "timed file runs were disturbed by other processes (after retries).\n"
     )
     block = f"{BEGIN}\n{facts}\n{render_table(document)}{END}"
     return text[:start] + block + text[end + len(END) :]
