@@ -102,7 +102,7 @@ def foreign_share(before: tuple[int, int] | None, elapsed: float) -> float:
 
 
 def measure(
-    candidates: dict[str, Callable[[], object]], repeat: int, retries: int = 5
+    candidates: dict[str, Callable[[], object]], repeat: int, retries: int = 3
 ) -> dict[str, Timing]:
     """Time each candidate ``repeat`` times, interleaved, after one untimed warm-up run each.
 

@@ -1,6 +1,7 @@
 """The FastAPI app the HTTP benchmark drives, run in its own process by bench_http.py.
 
-``python _http_app.py PORT`` serves on 127.0.0.1:PORT with uvicorn (one worker):
+``python _http_app.py PORT DIRECTORY`` serves on 127.0.0.1:PORT with uvicorn (one
+worker), writing its model into DIRECTORY (which the caller removes):
 
 - ``GET /ok``: a trivial 200 (the baseline);
 - ``GET /predict``: a guarded prediction whose breaker is open, so every call is the
@@ -9,13 +10,10 @@
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import logging
 import os
-import shutil
 import sys
-import tempfile
 
 import numpy as np
 import structlog
@@ -28,7 +26,7 @@ import clarity_resilience as cr
 from clarity_resilience.degradation.fastapi import install
 
 
-def build() -> FastAPI:
+def build(directory: str) -> FastAPI:
     # Instrumentation on, as in production: metrics and JSON audit events (to /dev/null).
     structlog.configure(
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
@@ -41,8 +39,6 @@ def build() -> FastAPI:
     )
     registry = CollectorRegistry()
     data = save({"w": np.ones(4, np.float32)})
-    directory = tempfile.mkdtemp(prefix="clarity-bench-")
-    atexit.register(shutil.rmtree, directory, ignore_errors=True)
     path = os.path.join(directory, "model.safetensors")
     with open(path, "wb") as f:
         f.write(data)
@@ -84,5 +80,5 @@ def build() -> FastAPI:
 
 
 if __name__ == "__main__":
-    uvicorn.run(build(), host="127.0.0.1", port=int(sys.argv[1]), log_level="warning",
+    uvicorn.run(build(sys.argv[2]), host="127.0.0.1", port=int(sys.argv[1]), log_level="warning",
                 access_log=False)  # fmt: skip

@@ -43,7 +43,9 @@ def _free_port() -> int:
 @contextlib.contextmanager
 def _server() -> Iterator[str]:
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, str(APP), str(port)], env=child_env())
+    # The parent owns the model's directory: a server stopped by SIGTERM runs no atexit.
+    workdir = tempfile.TemporaryDirectory(prefix="clarity-bench-")
+    proc = subprocess.Popen([sys.executable, str(APP), str(port), workdir.name], env=child_env())
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -59,6 +61,7 @@ def _server() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+        workdir.cleanup()
 
 
 def _wrk(url: str, seconds: int, connections: int) -> float:

@@ -2,12 +2,17 @@
 
 Usage::
 
-    python benchmarks/run.py [--quick] [--only integrity,breaker]
+    python benchmarks/run.py [--quick] [--only integrity,breaker] [--docs | --no-docs]
 
 Every ``benchmarks/bench_<name>.py`` module exposes ``run(quick: bool) -> dict``. A
 ratio with a target is reported as ``{"value": 1.07, "target": "<= 1.15", "met": true}``
 and collected under ``"targets"``. Benchmarks are not tests: the exit status is 0 even
 when a target is missed (it is 1 only if a benchmark crashed).
+
+A full run of every benchmark also writes the document to ``docs/performance.json``,
+draws its ratios into ``docs/performance.svg`` and refreshes the generated table in
+``docs/performance.md`` (``chart.py``), so the published figures are always those of
+one run. ``--docs`` forces that for a partial or quick run, ``--no-docs`` skips it.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ try:
 except ImportError:  # a plain checkout: benchmark the source tree
     sys.path.insert(1, str(HERE.parent))
 
+import chart  # noqa: E402
 from _common import log, machine  # noqa: E402
 
 
@@ -52,6 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller inputs, fewer repetitions")
     parser.add_argument("--only", help="comma-separated benchmark names (default: all)")
+    docs = parser.add_mutually_exclusive_group()
+    docs.add_argument(
+        "--docs", action="store_true", default=None, help="write docs/performance.* anyway"
+    )
+    docs.add_argument(
+        "--no-docs", dest="docs", action="store_false", help="do not write docs/performance.*"
+    )
     args = parser.parse_args(argv)
 
     available = discover()
@@ -82,7 +95,18 @@ def main(argv: list[str] | None = None) -> int:
         "all_targets_met": all(t["met"] for t in targets),
     }
     print(json.dumps(document, indent=2))
+    full_run = not args.quick and selected == available
+    if args.docs or (args.docs is None and full_run):
+        write_docs(document)
     return 1 if crashed else 0
+
+
+def write_docs(document: dict[str, Any]) -> None:
+    """Save the document next to the docs, with its chart and table drawn from it."""
+    docs = HERE.parent / "docs"
+    (docs / "performance.json").write_text(json.dumps(document, indent=2) + "\n")
+    chart.write(document, docs / "performance.svg", docs / "performance.md")
+    log(f"wrote {docs / 'performance.json'}, performance.svg and the table in performance.md")
 
 
 if __name__ == "__main__":
