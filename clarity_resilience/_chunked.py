@@ -36,7 +36,8 @@ import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
 
-from ._integrity import _check_not_replaced, _open_regular, normalize_sha256
+from ._hashing import Opened, check_not_replaced, open_regular
+from ._integrity import normalize_sha256
 from ._reasons import Reason
 from .exceptions import ChecksumMismatchError, IntegrityError, SizeMismatchError
 
@@ -260,17 +261,18 @@ def _run_chunks(
         _stop_all(stop, futures, executor)
 
 
-def _open_sized(name: str, size: int) -> tuple[int, os.stat_result]:
-    fd, st = _open_regular(name)
+def _open_sized(name: str, size: int) -> Opened:
+    opened = open_regular(name)
+    st = opened.st
     if st.st_size != size:
-        os.close(fd)
+        opened.close()
         raise SizeMismatchError(
             f"{name} is {st.st_size} bytes, expected {size}",
             path=name,
             expected=size,
             actual=st.st_size,
         )
-    return fd, st
+    return opened
 
 
 def _check_not_grown(fd: int, name: str, size: int) -> None:
@@ -341,7 +343,8 @@ def read_verified_chunks(
         )
     threads = _default_workers(workers, count)
     name = os.fspath(path)
-    fd, st = _open_sized(name, size)
+    opened = _open_sized(name, size)
+    fd = opened.fd
     try:
         try:
             buffer = _new_buffer(size)
@@ -366,7 +369,7 @@ def read_verified_chunks(
                 expected=want,
                 actual=got,
             )
-    _check_not_replaced(name, st)
+    check_not_replaced(opened)
     return buffer.toreadonly()
 
 
@@ -388,9 +391,10 @@ def chunk_digests(
     """
     _check_chunk_size(chunk_size)
     name = os.fspath(path)
-    fd, st = _open_regular(name)
+    opened = open_regular(name)
+    fd = opened.fd
     try:
-        size = st.st_size
+        size = opened.st.st_size
         threads = _default_workers(workers, chunk_count(size, chunk_size))
         digests = _run_chunks(
             fd, name, size, chunk_size=chunk_size, workers=threads, work=_hash_chunk
