@@ -30,18 +30,24 @@ import dataclasses
 import functools
 import hashlib
 import hmac
-import mmap
 import os
 import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
 
+from ._bytesfill import new_buffer
 from ._hashing import Opened, check_not_replaced, open_regular
 from ._integrity import normalize_sha256
 from ._reasons import Reason
 from .exceptions import ChecksumMismatchError, IntegrityError, SizeMismatchError
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "ChunkDigests", "chunk_digests", "read_verified_chunks"]
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "ChunkDigests",
+    "chunk_digests",
+    "read_opened_chunks",
+    "read_verified_chunks",
+]
 
 #: A chunk size that gives every core several chunks of a multi-GiB file while keeping
 #: the manifest short (32 digests for 2 GiB).
@@ -94,7 +100,14 @@ class _Stopped(Exception):
 
 
 def _read_chunk(
-    fd: int, path: str, start: int, end: int, stop: threading.Event, *, buffer: memoryview
+    fd: int,
+    path: str,
+    start: int,
+    end: int,
+    stop: threading.Event,
+    *,
+    buffer: memoryview,
+    owner: object = None,
 ) -> str:
     """Read bytes ``[start, end)`` of ``fd`` into ``buffer`` while hashing; return the digest.
 
@@ -291,17 +304,6 @@ def _check_not_grown(fd: int, name: str, size: int) -> None:
         )
 
 
-def _new_buffer(size: int) -> memoryview:
-    """Return a writable view of ``size`` bytes of fresh private memory.
-
-    Anonymous memory is mapped lazily, so its pages are first touched by the workers
-    that fill them, in parallel, and not zero-filled by one thread beforehand.
-    """
-    if size == 0:
-        return memoryview(bytearray())
-    return memoryview(mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS))
-
-
 def read_verified_chunks(
     path: str | os.PathLike[str],
     *,
@@ -342,35 +344,69 @@ def read_verified_chunks(
             f"{size} bytes in chunks of {chunk_size} need {count} digests, got {len(expected)}"
         )
     threads = _default_workers(workers, count)
-    name = os.fspath(path)
-    opened = _open_sized(name, size)
-    fd = opened.fd
+    data = read_opened_chunks(
+        _open_sized(os.fspath(path), size),
+        chunk_size=chunk_size,
+        chunk_sha256=expected,
+        workers=threads,
+    )
+    return memoryview(data).toreadonly()
+
+
+def read_opened_chunks(
+    opened: Opened, *, chunk_size: int, chunk_sha256: Sequence[str], workers: int | None = None
+) -> bytes:
+    """Read an open file of checked size on several threads; return it if every chunk matches.
+
+    The file's size (``opened.st``) must already be checked against what the manifest
+    says; ``chunk_sha256`` holds normalized digests, one per chunk. The file is closed.
+    The result is ``bytes`` (filled in place where the interpreter allows it).
+
+    Raises:
+        ChecksumMismatchError, SizeMismatchError, IntegrityError: As
+            :func:`read_verified_chunks`.
+    """
+    name = opened.name
+    size = opened.st.st_size
+    count = chunk_count(size, chunk_size)
+    if len(chunk_sha256) != count:
+        opened.close()
+        raise IntegrityError(
+            f"{name}: {size} bytes in chunks of {chunk_size} need {count} digests, "
+            f"the manifest lists {len(chunk_sha256)}",
+            path=name,
+            reason=Reason.MANIFEST_INVALID,
+        )
+    threads = _default_workers(workers, count)
     try:
         try:
-            buffer = _new_buffer(size)
-        except (OSError, MemoryError) as e:
+            owner, view = new_buffer(size)
+        except MemoryError as e:
             raise IntegrityError(
                 f"{name} could not be read: no memory for {size} bytes",
                 path=name,
                 reason=Reason.IO_ERROR,
             ) from e
-        fill = functools.partial(_read_chunk, buffer=buffer)
-        actual = _run_chunks(fd, name, size, chunk_size=chunk_size, workers=threads, work=fill)
-        _check_not_grown(fd, name, size)
+        # The workers get the owner too: the view alone does not keep the memory alive.
+        fill = functools.partial(_read_chunk, buffer=view, owner=owner)
+        actual = _run_chunks(
+            opened.fd, name, size, chunk_size=chunk_size, workers=threads, work=fill
+        )
+        _check_not_grown(opened.fd, name, size)
+        for index, (got, want) in enumerate(zip(actual, chunk_sha256, strict=True)):
+            if not hmac.compare_digest(got, want):
+                raise ChecksumMismatchError(
+                    f"{name} chunk {index} (bytes {index * chunk_size}-"
+                    f"{min((index + 1) * chunk_size, size) - 1}) has SHA-256 {got}, "
+                    f"expected {want}",
+                    path=name,
+                    expected=want,
+                    actual=got,
+                )
+        check_not_replaced(opened)  # before closing: it may need the directory's fd
     finally:
-        os.close(fd)
-    for index, (got, want) in enumerate(zip(actual, expected, strict=True)):
-        if not hmac.compare_digest(got, want):
-            raise ChecksumMismatchError(
-                f"{name} chunk {index} (bytes {index * chunk_size}-"
-                f"{min((index + 1) * chunk_size, size) - 1}) has SHA-256 {got}, "
-                f"expected {want}",
-                path=name,
-                expected=want,
-                actual=got,
-            )
-    check_not_replaced(opened)
-    return buffer.toreadonly()
+        opened.close()
+    return owner if isinstance(owner, bytes) else bytes(owner)
 
 
 def chunk_digests(

@@ -118,6 +118,8 @@ def _usage_problem(args: argparse.Namespace) -> str | None:
     """Return what is wrong with a combination of options argparse cannot check."""
     if args.command is create and args.model_version is not None and args.format != "json":
         return "--model-version is recorded only by --format json"
+    if args.command is create and args.chunk_size is not None and args.format != "json":
+        return "--chunk-size is recorded only by --format json"
     if args.command is verify:
         keys = (args.public_key is not None) + (args.certificate_chain is not None)
         if args.signature is not None and keys != 1:
@@ -146,6 +148,7 @@ def create(args: argparse.Namespace) -> int:
             exclude=exclude,
             workers=args.workers,
             progress=progress,
+            chunk_size=args.chunk_size,
         )
     finally:
         progress.close()
@@ -306,6 +309,12 @@ def _parser() -> argparse.ArgumentParser:
     make.add_argument("--format", choices=("sha256sum", "json"), default="sha256sum")
     make.add_argument("--model-version", metavar="V", help="record this version (json only)")
     make.add_argument("--workers", type=_workers, metavar="N", help="hashing threads")
+    make.add_argument(
+        "--chunk-size",
+        type=_workers,
+        metavar="BYTES",
+        help="also record per-chunk digests of larger files (json only): parallel reads",
+    )
     make.add_argument("-q", "--quiet", action="store_true", help="no progress on a terminal")
     make.set_defaults(command=create)
 

@@ -122,6 +122,7 @@ def read_verified_files(
             sha256=entry.sha256,
             size=entry.size,
             symlink_root=links,
+            chunks=(entry.chunk_size, entry.chunks) if entry.chunk_size else None,
             model=model,
             registry=registry,
         )

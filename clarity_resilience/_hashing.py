@@ -43,6 +43,7 @@ __all__ = [
     "compare",
     "grew_error",
     "hash_fd",
+    "hash_fd_chunks",
     "open_below",
     "open_regular",
     "read_small",
@@ -342,6 +343,44 @@ def _hash_reused(opened: Opened, hasher: Any, length: int) -> None:
         hasher.update(buffer[:got])  # releases the GIL: other files hash meanwhile
     if total != length:
         raise shrank_error(opened, total, length)
+
+
+def hash_fd_chunks(opened: Opened, length: int, chunk_size: int) -> tuple[str, tuple[str, ...]]:
+    """Hash ``length`` bytes of ``opened`` whole and in ``chunk_size`` chunks, in one pass.
+
+    Returns the whole file's digest and one digest per chunk (the last may be shorter;
+    an empty file has one chunk), as a manifest records them for parallel reads.
+
+    Raises:
+        SizeMismatchError: The file shrank or grew during the read.
+        IntegrityError: A read failed (``IO_ERROR``).
+    """
+    whole, part = hashlib.sha256(), hashlib.sha256()
+    chunks: list[str] = []
+    buffer = memoryview(bytearray(min(REUSED_CHUNK, max(length, 1))))
+    total = in_part = 0
+    try:
+        while got := os.readv(opened.fd, [buffer[: min(len(buffer), chunk_size - in_part)]]):
+            total += got
+            if total > length:
+                raise grew_error(opened, length)
+            whole.update(buffer[:got])
+            part.update(buffer[:got])
+            in_part += got
+            if in_part == chunk_size:
+                chunks.append(part.hexdigest())
+                part, in_part = hashlib.sha256(), 0
+    except OSError as e:
+        raise IntegrityError(
+            f"{opened.name} could not be read: {e.strerror}",
+            path=opened.name,
+            reason=Reason.IO_ERROR,
+        ) from e
+    if total != length:
+        raise shrank_error(opened, total, length)
+    if in_part or not chunks:
+        chunks.append(part.hexdigest())
+    return whole.hexdigest(), tuple(chunks)
 
 
 def _read_sequential(opened: Opened, hasher: Any, view: memoryview, length: int) -> None:

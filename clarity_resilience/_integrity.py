@@ -101,6 +101,24 @@ def _read(opened: Opened, sha256: str, size: int | None, max_size: int | None) -
     return data
 
 
+def _read_chunks(opened: Opened, size: int | None, chunks: tuple[int, tuple[str, ...]]) -> bytes:
+    """Read the open file on several threads against per-chunk digests."""
+    from ._chunked import read_opened_chunks  # imports this module
+
+    try:
+        if size is None:
+            raise IntegrityError(
+                f"{opened.name}: chunk digests need the file's size",
+                path=opened.name,
+                reason=Reason.MANIFEST_INVALID,
+            )
+        _hashing.check_size(opened, size, None)
+    except BaseException:
+        opened.close()
+        raise
+    return read_opened_chunks(opened, chunk_size=chunks[0], chunk_sha256=chunks[1])
+
+
 def _verify(opened: Opened, sha256: str, size: int | None, max_size: int | None) -> int:
     try:
         length = _hashing.check_size(opened, size, max_size)
@@ -199,10 +217,14 @@ def read_verified_entry(
     sha256: str,
     size: int | None = None,
     symlink_root: str | None = None,
+    chunks: tuple[int, tuple[str, ...]] | None = None,
     model: str = UNNAMED,
     registry: CollectorRegistry | None = None,
 ) -> bytes:
     """Read the file ``rel`` below ``root`` like :func:`read_verified`.
+
+    With ``chunks`` (a chunk size and one digest per chunk, from a trusted manifest),
+    the chunks are read and verified in parallel threads instead (``size`` required).
 
     Each directory on the way is opened relative to its parent without following a
     symlink, so a directory swapped for a symlink is refused, never traversed. With
@@ -210,10 +232,15 @@ def read_verified_entry(
     is opened the same way).
     """
     expected = normalize_sha256(sha256)
+
+    def read() -> bytes:
+        opened = _hashing.open_below(root, rel, symlink_root=symlink_root)
+        if chunks is None:
+            return _read(opened, expected, size, None)
+        return _read_chunks(opened, size, chunks)
+
     return _reported(
-        lambda: _read(
-            _hashing.open_below(root, rel, symlink_root=symlink_root), expected, size, None
-        ),
+        read,
         os.path.join(root, *rel.split("/")),
         model,
         registry,

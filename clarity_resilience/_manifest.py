@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Literal
 from ._atomic import write_atomic
 from ._integrity import read_verified_entry, verify_entry
 from ._manifest_format import (
+    Record,
     dump_json,
     dump_sha256sum,
     excerpt,
@@ -70,10 +71,24 @@ class ManifestEntry:
     path: str
     sha256: str
     size: int | None = None
+    chunk_size: int | None = None
+    chunks: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", normalize_path(self.path))
         object.__setattr__(self, "sha256", normalize_digest(self.sha256))
+        object.__setattr__(self, "chunks", tuple(normalize_digest(d) for d in self.chunks))
+        if self.chunk_size is not None and (
+            type(self.chunk_size) is not int
+            or self.chunk_size < 1
+            or self.size is None
+            or len(self.chunks) != max(1, -(-self.size // self.chunk_size))
+        ):
+            raise ManifestError(
+                f"chunks of {self.path!r} need a size, a positive chunk size and one digest "
+                "per chunk",
+                reason=Reason.MANIFEST_INVALID,
+            )
         if self.size is not None and (type(self.size) is not int or self.size < 0):
             raise ManifestError(
                 f"size of {self.path!r} must be a non-negative int, got {excerpt(self.size)}",
@@ -152,7 +167,7 @@ class Manifest:
         """
         records, version = parse_text(text, source)
         return cls(
-            (ManifestEntry(r.path, r.sha256, r.size) for r in records),
+            (ManifestEntry(r.path, r.sha256, r.size, r.chunk_size, r.chunks) for r in records),
             version=version,
         )
 
@@ -223,6 +238,7 @@ class Manifest:
         exclude: Iterable[str] = (),
         workers: int | None = None,
         progress: Callable[[int], None] | None = None,
+        chunk_size: int | None = None,
     ) -> Manifest:
         """Hash every regular file below ``directory`` (in parallel threads).
 
@@ -235,20 +251,26 @@ class Manifest:
             workers: Hashing threads (default: ``os.cpu_count()``).
             progress: Called (from the hashing threads) with each file's size once it
                 is hashed, e.g. to show progress.
+            chunk_size: Also record the digest of every ``chunk_size`` bytes of files
+                larger than that (JSON form only), so one large file can later be read
+                and verified on every core. Computed in the same pass.
 
         Raises:
             ManifestError: A symlink or special file below ``directory``
                 (``UNSAFE_PATH``), an unreadable file, or no file at all.
         """
+        if chunk_size is not None and (type(chunk_size) is not int or chunk_size < 1):
+            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
         root = os.fspath(directory)
         names = list_files(root, frozenset(normalize_path(name) for name in exclude))
         with worker_pool(workers) as pool:
-            # hash_file is looked up at call time so tests can observe the worker threads.
-            hashed = list(pool.map(lambda name: _hash_one(root, name, progress), names))
+            hashed = list(
+                pool.map(lambda name: _hash_one(root, name, progress, chunk_size), names)
+            )
         return cls(
             (
-                ManifestEntry(name, digest, size)
-                for name, (digest, size) in zip(names, hashed, strict=True)
+                ManifestEntry(name, digest, size, *_chunks_worth_keeping(size, chunk_size, chunks))
+                for name, (digest, size, chunks) in zip(names, hashed, strict=True)
             ),
             version=version,
         )
@@ -268,7 +290,11 @@ class Manifest:
             return dump_sha256sum((e.path, e.sha256) for e in self._entries.values())
         if format == "json":
             return dump_json(
-                ((e.path, e.sha256, e.size) for e in self._entries.values()), self._version
+                (
+                    Record(e.path, e.sha256, e.size, e.chunk_size, e.chunks)
+                    for e in self._entries.values()
+                ),
+                self._version,
             )
         raise ValueError(f"format must be 'sha256sum' or 'json', not {format!r}")
 
@@ -324,6 +350,7 @@ class Manifest:
             sha256=entry.sha256,
             size=entry.size,
             symlink_root=_optional_path(symlink_root),
+            chunks=(entry.chunk_size, entry.chunks) if entry.chunk_size else None,
             model=model,
             registry=registry,
         )
@@ -468,12 +495,23 @@ def _optional_path(path: str | os.PathLike[str] | None) -> str | None:
     return None if path is None else os.fspath(path)
 
 
-def _hash_one(root: str, name: str, progress: Callable[[int], None] | None) -> tuple[str, int]:
+def _hash_one(
+    root: str, name: str, progress: Callable[[int], None] | None, chunk_size: int | None
+) -> tuple[str, int, tuple[str, ...]]:
     # hash_file is looked up at call time so tests can observe the worker threads.
-    digest, size = hash_file(root, name)
+    digest, size, chunks = hash_file(root, name, chunk_size)
     if progress is not None:
         progress(size)
-    return digest, size
+    return digest, size, chunks
+
+
+def _chunks_worth_keeping(
+    size: int, chunk_size: int | None, chunks: tuple[str, ...]
+) -> tuple[int | None, tuple[str, ...]]:
+    """Keep chunk digests only for files that have more than one chunk."""
+    if chunk_size is None or size <= chunk_size:
+        return None, ()
+    return chunk_size, chunks
 
 
 def _check_entry(

@@ -33,7 +33,8 @@ __all__ = [
 JSON_FORMAT = "clarity-resilience-manifest"
 _JSON_VERSION = 1
 _JSON_KEYS = frozenset({"format", "format_version", "model_version", "files"})
-_ENTRY_KEYS = frozenset({"sha256", "size"})
+_ENTRY_KEYS = frozenset({"sha256", "size", "chunks"})
+_CHUNK_KEYS = frozenset({"size", "sha256"})
 
 _HEX64 = re.compile(r"[0-9A-Fa-f]{64}")
 # GNU: digest, one space, then " " (text) or "*" (binary), then the name.
@@ -46,11 +47,13 @@ _UNESCAPED = {"\\": "\\", "n": "\n", "r": "\r"}
 
 
 class Record(NamedTuple):
-    """One parsed manifest entry."""
+    """One parsed manifest entry (with per-chunk digests when the JSON form has them)."""
 
     path: str
     sha256: str
     size: int | None
+    chunk_size: int | None = None
+    chunks: tuple[str, ...] = ()
 
 
 def excerpt(value: object, limit: int = 60) -> str:
@@ -303,18 +306,18 @@ def _json_records(files: dict[str, Any], text: str, source: str | None) -> list[
     seen: set[str] = set()
     for key, value in files.items():
         try:
-            path, digest, size = _json_entry(key, value)
-            if path in seen:
-                raise ManifestError(f"path {excerpt(path)} is listed twice")
+            record = _json_entry(key, value)
+            if record.path in seen:
+                raise ManifestError(f"path {excerpt(record.path)} is listed twice")
         except ManifestError as e:
             # Searched for only on failure: finding every key's line would be quadratic.
             raise _relocate(e, _line_of(text, key), source) from None
-        seen.add(path)
-        records.append(Record(path, digest, size))
+        seen.add(record.path)
+        records.append(record)
     return records
 
 
-def _json_entry(key: str, value: object) -> tuple[str, str, int | None]:
+def _json_entry(key: str, value: object) -> Record:
     if "\\" in key:
         raise ManifestError(
             f"path {excerpt(key)} uses a backslash, a Windows path separator; use '/'",
@@ -332,7 +335,31 @@ def _json_entry(key: str, value: object) -> tuple[str, str, int | None]:
         raise ManifestError(
             f"entry {excerpt(key)} has size {excerpt(size)}, not a non-negative integer"
         )
-    return path, digest, size
+    chunks = value.get("chunks")
+    if chunks is None:
+        return Record(path, digest, size)
+    chunk_size, digests = _json_chunks(key, chunks, size)
+    return Record(path, digest, size, chunk_size, digests)
+
+
+def _json_chunks(key: str, chunks: object, size: int | None) -> tuple[int, tuple[str, ...]]:
+    """Return a JSON entry's chunk size and per-chunk digests, checked against its size."""
+    if not isinstance(chunks, dict) or set(chunks) != _CHUNK_KEYS:
+        raise ManifestError(f"entry {excerpt(key)}: chunks must be {{'size': .., 'sha256': [..]}}")
+    chunk_size, digests = chunks["size"], chunks["sha256"]
+    if type(chunk_size) is not int or chunk_size < 1:
+        raise ManifestError(f"entry {excerpt(key)}: chunk size must be a positive integer")
+    if size is None:
+        raise ManifestError(f"entry {excerpt(key)}: chunks need the file's size")
+    if not isinstance(digests, list):
+        raise ManifestError(f"entry {excerpt(key)}: chunk digests must be a list")
+    expected = max(1, -(-size // chunk_size))
+    if len(digests) != expected:
+        raise ManifestError(
+            f"entry {excerpt(key)}: {size} bytes in chunks of {chunk_size} need {expected} "
+            f"digests, not {len(digests)}"
+        )
+    return chunk_size, tuple(normalize_digest(d) for d in digests)
 
 
 def _escape_name(name: str) -> tuple[str, str]:
@@ -357,15 +384,15 @@ def format_hash_line(name: str, digest: str) -> str:
     return f"{prefix}{digest}  {escaped}\n"
 
 
-def dump_json(entries: Iterable[tuple[str, str, int | None]], version: str | None) -> str:
-    """Return ``(path, sha256, size)`` triples as a JSON manifest.
+def dump_json(entries: Iterable[Record], version: str | None) -> str:
+    """Return records as a JSON manifest (sizes and chunk digests kept).
 
     Raises:
         ManifestError: A path holds a backslash, which the JSON form reserves as an
             error (it is how Windows tools write separators).
     """
     files: dict[str, dict[str, object]] = {}
-    for path, digest, size in entries:
+    for path, digest, size, chunk_size, chunks in entries:
         if "\\" in path:
             raise ManifestError(
                 f"path {excerpt(path)} holds a backslash, which the JSON form refuses; "
@@ -373,6 +400,8 @@ def dump_json(entries: Iterable[tuple[str, str, int | None]], version: str | Non
                 reason=Reason.UNSAFE_PATH,
             )
         files[path] = {"sha256": digest, "size": size}
+        if chunk_size is not None:
+            files[path]["chunks"] = {"size": chunk_size, "sha256": list(chunks)}
     document = {
         "format": JSON_FORMAT,
         "format_version": _JSON_VERSION,

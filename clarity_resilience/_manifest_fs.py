@@ -13,7 +13,7 @@ import stat
 from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-from ._hashing import hash_fd, open_below, read_small
+from ._hashing import hash_fd, hash_fd_chunks, open_below, read_small
 from ._reasons import Reason
 from .exceptions import IntegrityError, ManifestError
 
@@ -205,10 +205,14 @@ def resolve(root: str, rel: str) -> str:
     return full
 
 
-def hash_file(root: str, rel: str) -> tuple[str, int]:
-    """Return the SHA-256 hex digest and size of the regular file ``rel`` below ``root``.
+def hash_file(
+    root: str, rel: str, chunk_size: int | None = None
+) -> tuple[str, int, tuple[str, ...]]:
+    """Return the SHA-256 digest, size and chunk digests of the file ``rel`` below ``root``.
 
     Opened component by component without following a symlink (like a verified read).
+    With ``chunk_size``, the per-chunk digests are computed in the same pass (else the
+    tuple is empty).
 
     Raises:
         ManifestError: A symlink or special file (``UNSAFE_PATH``), an unreadable file
@@ -217,7 +221,11 @@ def hash_file(root: str, rel: str) -> tuple[str, int]:
     try:
         opened = open_below(root, rel)
         try:
-            return hash_fd(opened, opened.st.st_size), opened.st.st_size
+            size = opened.st.st_size
+            if chunk_size is None:
+                return hash_fd(opened, size), size, ()
+            digest, chunks = hash_fd_chunks(opened, size, chunk_size)
+            return digest, size, chunks
         finally:
             opened.close()
     except ManifestError:

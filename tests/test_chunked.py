@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import errno
 import hashlib
-import mmap
 import os
 import pathlib
 import signal
@@ -16,7 +14,13 @@ from typing import Any
 
 import pytest
 
-from clarity_resilience import ChecksumMismatchError, IntegrityError, Reason, SizeMismatchError
+from clarity_resilience import (
+    ChecksumMismatchError,
+    IntegrityError,
+    Reason,
+    SizeMismatchError,
+    _chunked,
+)
 from clarity_resilience._chunked import (
     THREAD_NAME_PREFIX,
     ChunkDigests,
@@ -401,9 +405,9 @@ class TestWorkerFailures:
         fds = open_fds()
 
         def no_memory(*args: Any, **kwargs: Any) -> None:
-            raise OSError(errno.ENOMEM, "Cannot allocate memory")
+            raise MemoryError
 
-        monkeypatch.setattr(mmap, "mmap", no_memory)
+        monkeypatch.setattr(_chunked, "new_buffer", no_memory)
         with pytest.raises(IntegrityError) as caught:
             model.read()
         assert caught.value.reason == Reason.IO_ERROR
