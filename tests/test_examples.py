@@ -218,6 +218,7 @@ class TestExampleService:
                 "version": "v1",
                 "breaker": "closed",
                 "last_error": None,
+                "signer": None,
             },
         }
         digest = cr.sha256_file(model_dir / "weights" / linear_model.WEIGHTS_FILE)
