@@ -377,9 +377,7 @@ class Breaker:
         seen = self._seen
         if state == CLOSED and seen == CLOSED:
             return False  # the hot path: no lock, nothing to record
-        if state == OPEN and seen == OPEN:
-            if self._forced is not None:
-                self._reject(OPEN, FORCED_OPEN_RETRY_AFTER)
+        if state == OPEN and seen == OPEN and self._forced is None:
             # Open, and the opening already reported: until the timeout has passed
             # nothing can change, so reject without taking the lock. (The hot path of
             # an outage: inlined, and the same opening recognised by identity.)
@@ -412,6 +410,25 @@ class Breaker:
         if rejected is None:
             return False
         self._reject(*rejected)
+
+    def _reject_if_open(self) -> None:
+        """Reject now a call that :meth:`_admit` would reject, without taking a permit.
+
+        The guard asks this before a call waits for a concurrency slot: an open breaker
+        rejects before queueing, and a call that is then shed never held a half-open
+        permit. (The call is admitted for real, under the lock, once it has a slot.)
+        """
+        state = self._storage.state
+        if state == CLOSED or state != self._seen:
+            return  # closed, or a transition not reported yet: _admit decides
+        if self._forced is not None:
+            self._reject(OPEN, FORCED_OPEN_RETRY_AFTER)
+        if state == OPEN:
+            remaining = self._open_remaining()
+            if remaining > 0:
+                self._reject(OPEN, remaining)
+        elif state == HALF_OPEN and self._trials >= self.half_open_permits:
+            self._reject(HALF_OPEN, min(_TRIAL_IN_FLIGHT_RETRY_AFTER, self._reset_seconds))
 
     def _reject(self, state: str, retry_after: float) -> NoReturn:
         """Report a rejection (outside the lock) and raise :class:`CircuitOpenError`."""
