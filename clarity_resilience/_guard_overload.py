@@ -69,8 +69,8 @@ class Overload:
             raise ValueError("max_queue and queue_timeout need max_concurrency")
         if isinstance(max_abandoned, bool) or not isinstance(max_abandoned, int):
             raise TypeError(f"max_abandoned must be an int, got {max_abandoned!r}")
-        if max_abandoned < 0:
-            raise ValueError(f"max_abandoned must be at least 0, got {max_abandoned}")
+        if max_abandoned < 1:  # 0 would shed every call under a deadline
+            raise ValueError(f"max_abandoned must be at least 1, got {max_abandoned}")
         self.max_abandoned = max_abandoned
         self._name = name
         self._deadline: Deadline | None = None
