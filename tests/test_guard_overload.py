@@ -8,7 +8,7 @@ import hashlib
 import pathlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -43,7 +43,7 @@ def model_file(tmp_path: pathlib.Path) -> tuple[pathlib.Path, str]:
 @pytest.fixture
 def make(
     model_file: tuple[pathlib.Path, str], registry: CollectorRegistry
-) -> Iterator[Callable[..., cr.ModelGuard[Model]]]:
+) -> Callable[..., cr.ModelGuard[Model]]:
     """Return a factory of loaded guards over the model file."""
 
     def _make(**kwargs: Any) -> cr.ModelGuard[Model]:
@@ -55,7 +55,7 @@ def make(
         guard.load()
         return guard
 
-    yield _make
+    return _make
 
 
 class Hung:
