@@ -393,9 +393,10 @@ class Breaker:
         rejected: tuple[str, float] | None = None
         with self._lock:
             state = self._observe()
+            forced = self._forced  # read under the lock: the rejection says what decided it
             if state == OPEN:
                 remaining = self._open_remaining()
-                if self._forced is not None:
+                if forced is not None:
                     rejected = (OPEN, FORCED_OPEN_RETRY_AFTER)
                 elif remaining > 0:
                     rejected = (OPEN, remaining)
@@ -409,7 +410,7 @@ class Breaker:
                 rejected = (HALF_OPEN, min(_TRIAL_IN_FLIGHT_RETRY_AFTER, self._reset_seconds))
         if rejected is None:
             return False
-        self._reject(*rejected)
+        self._reject(*rejected, forced=forced)
 
     def _reject_if_open(self) -> None:
         """Reject now a call that :meth:`_admit` would reject, without taking a permit.
@@ -421,8 +422,9 @@ class Breaker:
         state = self._storage.state
         if state == CLOSED or state != self._seen:
             return  # closed, or a transition not reported yet: _admit decides
-        if self._forced is not None:
-            self._reject(OPEN, FORCED_OPEN_RETRY_AFTER)
+        forced = self._forced
+        if forced is not None:
+            self._reject(OPEN, FORCED_OPEN_RETRY_AFTER, forced)
         if state == OPEN:
             remaining = self._open_remaining()
             if remaining > 0:
@@ -430,11 +432,11 @@ class Breaker:
         elif state == HALF_OPEN and self._trials >= self.half_open_permits:
             self._reject(HALF_OPEN, min(_TRIAL_IN_FLIGHT_RETRY_AFTER, self._reset_seconds))
 
-    def _reject(self, state: str, retry_after: float) -> NoReturn:
+    def _reject(self, state: str, retry_after: float, forced: str | None = None) -> NoReturn:
         """Report a rejection (outside the lock) and raise :class:`CircuitOpenError`."""
         # The emitter builds the CallRejected event only for a hook that needs one.
         self._emitter.rejected(self.name, state, retry_after, next(self._rejections))
-        raise CircuitOpenError(self.name, retry_after, forced=self._forced)
+        raise CircuitOpenError(self.name, retry_after, forced=forced)
 
     def _is_ignored(self, exc: BaseException) -> bool:
         if not isinstance(exc, Exception) or isinstance(exc, self._ignored_types):

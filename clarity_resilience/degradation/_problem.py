@@ -224,11 +224,13 @@ def problem_for(
             integrity_retry_after if reason == "integrity_failure" else unavailable_retry_after
         )
         return _problem(503, reason, retry_after=_seconds(exc.retry_after, fallback))
-    if isinstance(exc, PredictionTimeoutError):
-        return _problem(503, "timeout", retry_after=_seconds(exc.retry_after))
     if bytes_refused(exc.reason):
         return _problem(503, "integrity_failure", retry_after=_seconds(integrity_retry_after))
-    return _problem(503, "unavailable", retry_after=_seconds(unavailable_retry_after))
+    other: ProblemReason = "unavailable"
+    seconds = unavailable_retry_after
+    if isinstance(exc, PredictionTimeoutError):  # a hung model: retry soon, maybe elsewhere
+        other, seconds = "timeout", exc.retry_after
+    return _problem(503, other, retry_after=_seconds(seconds))
 
 
 def liveness() -> HealthResponse:
