@@ -13,13 +13,20 @@ from typing import Any
 
 import numpy as np
 import pytest
+import structlog
 import time_machine
 from prometheus_client import CollectorRegistry
 from safetensors.numpy import save
 
 import clarity_resilience as cr
 from clarity_resilience.degradation import problem_for, problem_type
-from clarity_resilience.instrumentation import Event, PredictionFailed
+from clarity_resilience.instrumentation import (
+    Event,
+    PredictionFailed,
+    StructlogOnEventHook,
+    get_on_event_hooks,
+    set_on_event_hooks,
+)
 
 T0 = dt.datetime(2026, 11, 21, 12, 0, 0, tzinfo=dt.UTC)
 DEADLINE = 0.2
@@ -387,6 +394,46 @@ class TestTelemetry:
         reasons = [e.reason for e in events if isinstance(e, PredictionFailed)]
         assert reasons == [cr.Reason.TIMEOUT, cr.Reason.OVERLOADED]
         wait_for(lambda: in_flight(registry) == 0)
+
+    def test_shed_calls_are_sampled_in_the_log(self) -> None:
+        """Shed calls log the 1st and 10th (like rejections); other failures log each time."""
+        hook = StructlogOnEventHook.bind(None)
+        shed = PredictionFailed(
+            model="m", reason=cr.Reason.OVERLOADED, error_type="OverloadedError", duration=0.0
+        )
+        failed = PredictionFailed(
+            model="m", reason=cr.Reason.INTERNAL, error_type="RuntimeError", duration=0.0
+        )
+        with structlog.testing.capture_logs() as logs:
+            for _ in range(12):
+                hook(shed)
+            hook(failed)
+        assert [e["reason"] for e in logs] == ["overloaded", "overloaded", "internal"]
+
+    def test_only_gauge_hooks_see_in_flight_changes(
+        self, make: Callable[..., cr.ModelGuard[Model]]
+    ) -> None:
+        """Hooks with ``on_in_flight`` get +1/-1 per prediction; plain hooks no extra event."""
+        deltas: list[tuple[str, int]] = []
+        seen: list[Event] = []
+
+        class Gauge:
+            def __call__(self, event: Event) -> None:
+                seen.append(event)
+
+            def on_in_flight(self, model: str, delta: int) -> None:
+                deltas.append((model, delta))
+
+        previous = get_on_event_hooks()
+        set_on_event_hooks([Gauge()])
+        try:
+            guard = make()
+            seen.clear()
+            assert guard.predict(lambda model: 3) == 3
+        finally:
+            set_on_event_hooks(previous)
+        assert deltas == [("m", 1), ("m", -1)]
+        assert [type(e).__name__ for e in seen] == ["PredictionSucceeded"]
 
     def test_max_abandoned_must_allow_one(self, make: Callable[..., cr.ModelGuard[Model]]) -> None:
         """``max_abandoned=0`` would shed every call: refused."""
