@@ -43,7 +43,7 @@ def invalid() -> None:
 
 
 @pytest.fixture
-def traveller() -> Iterator[time_machine.Coordinates]:
+def traveller() -> Iterator[time_machine.Traveller]:
     """Freeze the clock at T0 (pybreaker's UTC now and the window's clock alike)."""
     with time_machine.travel(T0, tick=False) as traveller:
         yield traveller
@@ -70,7 +70,7 @@ def transitions(registry: CollectorRegistry, old: str, new: str) -> float | None
 
 class TestRateScripted:
     def test_opens_exactly_when_the_rate_reaches_the_threshold(
-        self, registry: CollectorRegistry, traveller: time_machine.Coordinates
+        self, registry: CollectorRegistry, traveller: time_machine.Traveller
     ) -> None:
         """Below minimum_calls nothing opens; the call that makes 2 of 4 failures does."""
         breaker = rate_breaker(registry)
@@ -83,7 +83,7 @@ class TestRateScripted:
         assert transitions(registry, "closed", "open") == 1
 
     def test_stays_closed_just_below_the_threshold(
-        self, registry: CollectorRegistry, traveller: time_machine.Coordinates
+        self, registry: CollectorRegistry, traveller: time_machine.Traveller
     ) -> None:
         """1 failure in 4 calls (and 2 in 5) stays under a 0.5 rate."""
         breaker = rate_breaker(registry)
@@ -96,7 +96,7 @@ class TestRateScripted:
         assert breaker.state == "open"
 
     def test_consecutive_threshold_does_not_apply(
-        self, registry: CollectorRegistry, traveller: time_machine.Coordinates
+        self, registry: CollectorRegistry, traveller: time_machine.Traveller
     ) -> None:
         """Eight consecutive failures stay closed under a 0.9 rate with 20 minimum calls."""
         breaker = rate_breaker(registry, failure_rate=0.9, minimum_calls=20)
@@ -106,7 +106,7 @@ class TestRateScripted:
         assert breaker.fail_counter == 0
 
     def test_old_outcomes_leave_the_window(
-        self, registry: CollectorRegistry, traveller: time_machine.Coordinates
+        self, registry: CollectorRegistry, traveller: time_machine.Traveller
     ) -> None:
         """Failures older than the window no longer count toward the rate."""
         breaker = rate_breaker(registry)
@@ -120,7 +120,7 @@ class TestRateScripted:
         assert window.counts() == (1, 1, 0)
 
     def test_invalid_input_is_not_counted(
-        self, registry: CollectorRegistry, traveller: time_machine.Coordinates
+        self, registry: CollectorRegistry, traveller: time_machine.Traveller
     ) -> None:
         """Client faults and shed calls never enter the window."""
         breaker = rate_breaker(registry)
@@ -132,7 +132,7 @@ class TestRateScripted:
         assert window.counts() == (0, 0, 0)
 
     def test_slow_calls_open_it(
-        self, registry: CollectorRegistry, traveller: time_machine.Coordinates
+        self, registry: CollectorRegistry, traveller: time_machine.Traveller
     ) -> None:
         """Successful but slow calls open it once their share reaches slow_call_rate."""
         breaker = rate_breaker(
@@ -155,7 +155,7 @@ class TestRateScripted:
             cr.Breaker("b", registry=registry, slow_call_duration=1.0, slow_call_rate=0.5)
 
     def test_half_open_single_trial_and_fresh_window(
-        self, registry: CollectorRegistry, traveller: time_machine.Coordinates
+        self, registry: CollectorRegistry, traveller: time_machine.Traveller
     ) -> None:
         """After the reset timeout one trial runs; its success closes with an empty window."""
         breaker = rate_breaker(registry)
@@ -191,7 +191,7 @@ class TestOperatorControls:
     def test_force_open_holds_until_reset(
         self,
         registry: CollectorRegistry,
-        traveller: time_machine.Coordinates,
+        traveller: time_machine.Traveller,
         events: list[Event],
     ) -> None:
         """Forced open: rejections say why, no trial after the timeout; reset closes it."""
@@ -241,7 +241,7 @@ class TestOperatorControls:
             breaker.force_open(reason="")
 
     def test_trial_in_flight_cannot_close_a_forced_breaker(
-        self, registry: CollectorRegistry, traveller: time_machine.Coordinates
+        self, registry: CollectorRegistry, traveller: time_machine.Traveller
     ) -> None:
         """A half-open trial that succeeds after force_open leaves the breaker open."""
         breaker = cr.Breaker("b", registry=registry, reset_timeout=30.0)
