@@ -484,8 +484,10 @@ class Breaker:
             if trial:
                 self._trials -= 1
             # Stale outcomes are dropped: a call admitted while closed must not reopen a
-            # half-open breaker, and nothing extends an open one.
-            if self._storage.state == CLOSED or (trial and self._storage.state == HALF_OPEN):
+            # half-open breaker, and nothing extends an open one. (In rate mode only a
+            # trial gets here: one that ends after a reset() closed the breaker is stale.)
+            state = self._storage.state
+            if (state == CLOSED and window is None) or (trial and state == HALF_OPEN):
                 with contextlib.suppress(_RecordedFailure):
                     self._cb.call(_fail)
             self._observe()

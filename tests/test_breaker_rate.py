@@ -253,6 +253,27 @@ class TestOperatorControls:
         assert breaker.state == "open"
         assert breaker.forced_open == "maintenance"
 
+    def test_trial_failing_after_a_reset_is_stale_in_rate_mode(
+        self, registry: CollectorRegistry, traveller: time_machine.Traveller
+    ) -> None:
+        """A trial that fails after reset() closed the breaker counts nowhere."""
+        breaker = rate_breaker(registry)
+        for _ in range(4):
+            run(breaker, "fail")
+        traveller.shift(31)
+
+        def reset_then_fail() -> None:
+            breaker.reset()  # the operator closes it while the trial runs
+            raise Boom
+
+        with pytest.raises(Boom):
+            breaker.call(reset_then_fail)
+        assert breaker.state == "closed"
+        assert breaker.fail_counter == 0
+        window = breaker.rate_window
+        assert window is not None
+        assert window.counts() == (0, 0, 0)
+
     def test_sixteen_threads(self, registry: CollectorRegistry, events: list[Event]) -> None:
         """force_open and reset from 16 threads, among calls: every action audited, consistent."""
         breaker = cr.Breaker("b", registry=registry)
