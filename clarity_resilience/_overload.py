@@ -25,6 +25,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from ._workers import DaemonPool
 from .exceptions import OverloadedError, PredictionTimeoutError
 
 __all__ = ["ConcurrencyLimit", "Deadline"]
@@ -217,9 +218,8 @@ class Deadline:
         self.max_abandoned = max_abandoned
         self._lock = threading.Lock()
         self._abandoned = 0
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=workers + max_abandoned, thread_name_prefix=name
-        )
+        # Daemon workers: a call stuck for ever must not keep the process from exiting.
+        self._pool = DaemonPool(workers + max_abandoned, name=name)
 
     @property
     def abandoned(self) -> int:
@@ -296,4 +296,4 @@ class Deadline:
 
     def shutdown(self) -> None:
         """Stop the worker threads once their calls end (never waits for abandoned ones)."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown()

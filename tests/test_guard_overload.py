@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+import os
 import pathlib
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from safetensors.numpy import save
 
 import clarity_resilience as cr
+from clarity_resilience._workers import DaemonPool
 from clarity_resilience.degradation import problem_for, problem_type
 from clarity_resilience.instrumentation import (
     Event,
@@ -466,3 +470,66 @@ class TestProblems:
 
 def _raise_os_error() -> None:
     raise OSError("upstream failed")
+
+
+class TestDaemonPool:
+    def test_workers_are_daemon_threads_and_bounded(self) -> None:
+        """At most max_workers daemon threads run; queued jobs wait for a free one."""
+        pool = DaemonPool(2, name="t")
+        release = threading.Event()
+        started = threading.Semaphore(0)
+
+        def job() -> bool:
+            started.release()
+            assert release.wait(SETTLE)
+            return threading.current_thread().daemon
+
+        futures = [pool.submit(job) for _ in range(4)]
+        assert started.acquire(timeout=SETTLE)
+        assert started.acquire(timeout=SETTLE)
+        assert pool.threads == 2
+        assert not any(f.running() for f in futures[2:])
+        release.set()
+        assert [f.result(SETTLE) for f in futures] == [True] * 4
+        pool.shutdown()
+
+    def test_a_cancelled_job_never_runs(self) -> None:
+        """A job cancelled while queued is skipped by the worker."""
+        pool = DaemonPool(1, name="t")
+        release = threading.Event()
+        ran: list[str] = []
+        first = pool.submit(lambda: release.wait(SETTLE))
+        second = pool.submit(lambda: ran.append("second"))
+        assert second.cancel()
+        release.set()
+        assert first.result(SETTLE) is True
+        assert pool.submit(lambda: 5).result(SETTLE) == 5
+        assert ran == []
+        pool.shutdown()
+        with pytest.raises(RuntimeError, match="shut down"):
+            pool.submit(lambda: 1)
+
+    def test_a_hung_call_does_not_block_interpreter_exit(self, tmp_path: pathlib.Path) -> None:
+        """A process whose prediction hangs for ever still exits once its main code ends."""
+        script = tmp_path / "hang.py"
+        script.write_text(
+            "import threading\n"
+            "from clarity_resilience._overload import Deadline\n"
+            "from clarity_resilience.exceptions import PredictionTimeoutError\n"
+            "deadline = Deadline(0.1, workers=1, max_abandoned=1)\n"
+            "try:\n"
+            "    deadline.run(threading.Event().wait)\n"
+            "except PredictionTimeoutError:\n"
+            "    print('released')\n",
+            encoding="utf-8",
+        )
+        root = str(pathlib.Path(cr.__file__).resolve().parent.parent)
+        result = subprocess.run(
+            [sys.executable, str(script)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env={**os.environ, "PYTHONPATH": root},
+        )
+        assert (result.returncode, result.stdout) == (0, "released\n"), result.stderr
