@@ -144,6 +144,10 @@ class ConcurrencyLimit:
         Raises:
             OverloadedError: The queue is full, or the wait exceeded ``queue_timeout``.
         """
+        with self._lock:  # the common case first: a free slot, nobody waiting, no waiter built
+            if self._running < self.max_concurrency and not self._waiters:
+                self._running += 1
+                return
         waiter = self._try_admit(_Waiter() if self.max_queue else None)
         if waiter is None:
             return
@@ -163,6 +167,10 @@ class ConcurrencyLimit:
         Raises:
             OverloadedError: The queue is full, or the wait exceeded ``queue_timeout``.
         """
+        with self._lock:  # a free slot: no future built, no await
+            if self._running < self.max_concurrency and not self._waiters:
+                self._running += 1
+                return
         if not self.max_queue:
             self._try_admit(None)
             return
