@@ -1,8 +1,10 @@
 """Hung backends and traffic spikes over real HTTP (issue 12): deadlines and shedding.
 
-A predict service (Starlette under the ASGI degradation middleware, served by uvicorn
-on loopback) scores through a guard whose prediction calls a real backend over HTTP (a
-werkzeug server on loopback) that can be made to hang. Nothing is patched:
+A predict service (Starlette under the ASGI degradation middleware served by uvicorn,
+awaiting ``predict_async``; or a WSGI app under the WSGI middleware served by
+werkzeug's threads, calling ``predict``; both on loopback) scores through a guard
+whose prediction calls a real backend over HTTP (a werkzeug server on loopback) that
+can be made to hang. Nothing is patched:
 
 - hung backend: every caller is released at its deadline with 503 ``timeout``; five
   such calls open the breaker; after the reset timeout (the clock moved, never slept)
@@ -37,7 +39,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 import clarity_resilience as cr
-from clarity_resilience.degradation import asgi
+from clarity_resilience.degradation import asgi, wsgi
 
 pytestmark = [pytest.mark.chaos, pytest.mark.non_destructive, pytest.mark.timeout(60)]
 
@@ -75,8 +77,8 @@ def call_backend(model: Any, url: str) -> float:
     return score
 
 
-def service(guard: cr.ModelGuard[Any], backend_url: str) -> asgi.DegradationMiddleware:
-    """Return the predict service: POST /predict scores through the guard."""
+def asgi_service(guard: cr.ModelGuard[Any], backend_url: str) -> asgi.DegradationMiddleware:
+    """Return the async predict service: POST /predict awaits ``predict_async``."""
 
     async def predict(request: Request) -> JSONResponse:
         return JSONResponse({"score": await guard.predict_async(call_backend, backend_url)})
@@ -85,11 +87,40 @@ def service(guard: cr.ModelGuard[Any], backend_url: str) -> asgi.DegradationMidd
     return asgi.DegradationMiddleware(app, guards=(guard,), livez="/livez", readyz="/readyz")
 
 
+def wsgi_service(guard: cr.ModelGuard[Any], backend_url: str) -> wsgi.DegradationMiddleware:
+    """Return the threaded predict service: POST /predict calls the sync ``predict``."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        if environ["PATH_INFO"] != "/predict":
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"not found"]
+        body = json.dumps({"score": guard.predict(call_backend, backend_url)}).encode()
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [body]
+
+    return wsgi.DegradationMiddleware(app, guards=(guard,), livez="/livez", readyz="/readyz")
+
+
+#: How the service is served: uvicorn + predict_async, or werkzeug threads + predict.
+STACKS = {
+    "asgi": (asgi_service, serve_asgi),
+    "wsgi": (wsgi_service, serve_wsgi),
+}
+
+
+@pytest.fixture(params=sorted(STACKS))
+def stack(request: pytest.FixtureRequest) -> str:
+    """Run each scenario on the async and on the threaded stack."""
+    name: str = request.param
+    return name
+
+
 @contextlib.contextmanager
 def running(
-    tmp_path: pathlib.Path, registry: CollectorRegistry, **options: Any
+    stack: str, tmp_path: pathlib.Path, registry: CollectorRegistry, **options: Any
 ) -> Iterator[tuple[cr.ModelGuard[Any], Backend, httpx.Client]]:
     """Serve a backend and the predict service; yield the guard, backend and a client."""
+    build, serve = STACKS[stack]
     path = tmp_path / "ranker.safetensors"
     guard = make_guard(path, write_model(path), registry, **options)
     guard.load()
@@ -97,7 +128,7 @@ def running(
     try:
         with (
             serve_wsgi(backend) as backend_url,
-            serve_asgi(service(guard, backend_url)) as url,
+            serve(build(guard, backend_url)) as url,
             httpx.Client(base_url=url, timeout=SETTLE) as client,
         ):
             yield guard, backend, client
@@ -119,12 +150,12 @@ def wait_until(predicate: Callable[[], bool]) -> None:
 
 class TestHungBackend:
     def test_deadline_breaker_trial_and_in_flight(
-        self, tmp_path: pathlib.Path, registry: CollectorRegistry
+        self, stack: str, tmp_path: pathlib.Path, registry: CollectorRegistry
     ) -> None:
         """Released at the deadline, five timeouts open it, one trial closes it, gauge to 0."""
         with (
             time_machine.travel(T0, tick=True) as traveller,
-            running(tmp_path, registry, timeout=DEADLINE) as (guard, backend, client),
+            running(stack, tmp_path, registry, timeout=DEADLINE) as (guard, backend, client),
         ):
             for _ in range(5):
                 start = time.monotonic()
@@ -156,10 +187,12 @@ class TestHungBackend:
 
 class TestSpike:
     def test_exactly_the_admitted_calls_succeed(
-        self, tmp_path: pathlib.Path, registry: CollectorRegistry
+        self, stack: str, tmp_path: pathlib.Path, registry: CollectorRegistry
     ) -> None:
         """4 run, 8 wait, 52 are shed with 503 overloaded; /livez answers; breaker closed."""
-        with running(tmp_path, registry, max_concurrency=MAX_CONCURRENCY, max_queue=MAX_QUEUE) as (
+        with running(
+            stack, tmp_path, registry, max_concurrency=MAX_CONCURRENCY, max_queue=MAX_QUEUE
+        ) as (
             guard,
             backend,
             client,
