@@ -23,8 +23,10 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar, overload
 
 from ._breaker_guard import BreakerGuard, sync_shielded
-from .exceptions import CircuitOpenError, InvalidInputError
+from ._rate import RateWindow
+from .exceptions import CircuitOpenError, InvalidInputError, OverloadedError
 from .instrumentation import (
+    BreakerOperatorAction,
     BreakerRegistered,
     BreakerStateChanged,
     BreakerStorageFailed,
@@ -57,6 +59,9 @@ _TRIAL_IN_FLIGHT_RETRY_AFTER = 1.0
 # After a shared storage failed or timed out, it is left alone for this long (the
 # breaker goes on from the state it last read).
 _STORAGE_RETRY_SECONDS = 1.0
+# A breaker forced open by an operator opens again only when released: callers are told
+# to come back much later than any reset timeout would suggest.
+FORCED_OPEN_RETRY_AFTER = 300.0
 
 _log = logging.getLogger("clarity_resilience")
 # time.time() and pybreaker's datetime.now(UTC) are the same clock (time-machine moves
@@ -91,9 +96,16 @@ class Breaker:
     logged once per breaker and predicate. The call that trips the breaker re-raises its
     own exception; later calls raise :class:`CircuitOpenError`.
 
+    In *rate mode* (``failure_rate`` given) the consecutive count does not apply: the
+    breaker opens when, over the last ``window`` seconds and with at least
+    ``minimum_calls`` calls, the share of failures reaches ``failure_rate`` (or the
+    share of calls slower than ``slow_call_duration`` reaches ``slow_call_rate``).
+    Half-open works the same in both modes. :meth:`force_open` holds the breaker open
+    (maintenance) until :meth:`reset`.
+
     Args:
         name: The breaker's name, used as the ``breaker`` metric label.
-        fail_max: Consecutive failures that open the breaker.
+        fail_max: Consecutive failures that open the breaker (not in rate mode).
         reset_timeout: Seconds the breaker stays open before a trial call.
         half_open_permits: How many trial calls may run at once while half-open.
         exclude: Exception types or predicates whose outcomes are ignored.
@@ -107,9 +119,15 @@ class Breaker:
             goes on from the state it last read, and the storage is left alone for a
             second.
         registry: The Prometheus registry to record into (default registry if None).
+        failure_rate: Rate mode: open when failures / calls in the window reaches this.
+        minimum_calls: Rate mode: never open with fewer calls than this in the window.
+        window: Rate mode: the sliding window's length in seconds.
+        slow_call_duration: Rate mode: calls at least this long (seconds) are slow.
+        slow_call_rate: Rate mode: open when slow calls / calls reaches this.
 
     Raises:
-        ValueError: A threshold or timeout is not a positive number.
+        ValueError: A threshold or timeout is not a positive number, or a rate-mode
+            setting is given without ``failure_rate``.
     """
 
     def __init__(
@@ -123,6 +141,11 @@ class Breaker:
         storage: pybreaker.CircuitBreakerStorage | None = None,
         storage_timeout: float = 0.25,
         registry: CollectorRegistry | None = None,
+        failure_rate: float | None = None,
+        minimum_calls: int = 20,
+        window: float = 60.0,
+        slow_call_duration: float | None = None,
+        slow_call_rate: float | None = None,
     ) -> None:
         if not name or not isinstance(name, str):
             raise ValueError(f"name must be a non-empty str, got {name!r}")
@@ -140,8 +163,10 @@ class Breaker:
 
         self.name = name
         self.half_open_permits = half_open_permits
+        # Shed calls never ran: a traffic spike is not a failure of what the breaker guards.
         self._ignored_types: tuple[type[BaseException], ...] = (
             InvalidInputError,
+            OverloadedError,
             *(s for s in excluded if isinstance(s, type)),
         )
         self._predicates = tuple(s for s in excluded if not isinstance(s, type))
@@ -171,6 +196,23 @@ class Breaker:
             throw_new_error_on_trip=False,
         )
         self._reset_seconds = float(reset_timeout)
+        self._window: RateWindow | None = None
+        if failure_rate is not None:
+            # The window reads the same clock as pybreaker's opened_at (UTC now), so
+            # time-machine moves both together.
+            self._window = RateWindow(
+                failure_rate=failure_rate,
+                minimum_calls=minimum_calls,
+                window=window,
+                slow_call_duration=slow_call_duration,
+                slow_call_rate=slow_call_rate,
+                clock=_now,
+            )
+        elif slow_call_duration is not None or slow_call_rate is not None:
+            raise ValueError("slow_call_duration and slow_call_rate need failure_rate")
+        # Only slow-call counting needs each call's duration.
+        self._timed = slow_call_duration is not None
+        self._forced: str | None = None
         self._deadline: tuple[datetime | None, float] = (None, 0.0)
         self._lock = threading.Lock()
         self._trials = 0
@@ -192,6 +234,16 @@ class Breaker:
         return float(self._cb.reset_timeout)
 
     @property
+    def rate_window(self) -> RateWindow | None:
+        """Return the sliding window of rate mode (None in consecutive-failures mode)."""
+        return self._window
+
+    @property
+    def forced_open(self) -> str | None:
+        """Return the reason given to :meth:`force_open`, or None when not forced."""
+        return self._forced
+
+    @property
     def fail_counter(self) -> int:
         """Return the current count of consecutive failures."""
         self._refresh()
@@ -208,7 +260,7 @@ class Breaker:
         """
         self._refresh()
         state = str(self._storage.state)
-        if state == OPEN and self._open_remaining() <= 0:
+        if state == OPEN and self._forced is None and self._open_remaining() <= 0:
             return HALF_OPEN
         return state
 
@@ -216,6 +268,8 @@ class Breaker:
         """Return the seconds until this breaker would admit a call (0.0 if it would now)."""
         self._refresh()
         state = self._storage.state
+        if self._forced is not None:
+            return FORCED_OPEN_RETRY_AFTER
         if state == OPEN:
             return max(0.0, self._open_remaining())
         if state == HALF_OPEN and self._trials >= self.half_open_permits:
@@ -236,10 +290,11 @@ class Breaker:
         if shared is not None:
             shared.sync()
         trial = self._admit()
+        start = _now() if self._timed else 0.0
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
-            self._record_error(exc, trial)
+            self._record_error(exc, trial, start)
             if shared is not None and shared.has_pending:
                 shared.sync()
             raise
@@ -248,7 +303,7 @@ class Breaker:
             if inspect.iscoroutine(result):
                 result.close()
             raise TypeError(f"{fn!r} returned an awaitable; use Breaker.call_async")
-        self._record_success(trial)
+        self._record_success(trial, start)
         if shared is not None and shared.has_pending:
             shared.sync()
         return result
@@ -266,14 +321,15 @@ class Breaker:
         if shared is not None:
             await shared.sync_async()
         trial = self._admit()
+        start = _now() if self._timed else 0.0
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:
-            self._record_error(exc, trial)
+            self._record_error(exc, trial, start)
             if shared is not None and shared.has_pending:
                 await sync_shielded(shared)
             raise
-        self._record_success(trial)
+        self._record_success(trial, start)
         if shared is not None and shared.has_pending:
             await shared.sync_async()
         return result
@@ -321,7 +377,7 @@ class Breaker:
         seen = self._seen
         if state == CLOSED and seen == CLOSED:
             return False  # the hot path: no lock, nothing to record
-        if state == OPEN and seen == OPEN:
+        if state == OPEN and seen == OPEN and self._forced is None:
             # Open, and the opening already reported: until the timeout has passed
             # nothing can change, so reject without taking the lock. (The hot path of
             # an outage: inlined, and the same opening recognised by identity.)
@@ -337,9 +393,12 @@ class Breaker:
         rejected: tuple[str, float] | None = None
         with self._lock:
             state = self._observe()
+            forced = self._forced  # read under the lock: the rejection says what decided it
             if state == OPEN:
                 remaining = self._open_remaining()
-                if remaining > 0:
+                if forced is not None:
+                    rejected = (OPEN, FORCED_OPEN_RETRY_AFTER)
+                elif remaining > 0:
                     rejected = (OPEN, remaining)
                 else:
                     self._cb.half_open()
@@ -351,13 +410,33 @@ class Breaker:
                 rejected = (HALF_OPEN, min(_TRIAL_IN_FLIGHT_RETRY_AFTER, self._reset_seconds))
         if rejected is None:
             return False
-        self._reject(*rejected)
+        self._reject(*rejected, forced=forced)
 
-    def _reject(self, state: str, retry_after: float) -> NoReturn:
+    def _reject_if_open(self) -> None:
+        """Reject now a call that :meth:`_admit` would reject, without taking a permit.
+
+        The guard asks this before a call waits for a concurrency slot: an open breaker
+        rejects before queueing, and a call that is then shed never held a half-open
+        permit. (The call is admitted for real, under the lock, once it has a slot.)
+        """
+        state = self._storage.state
+        if state == CLOSED or state != self._seen:
+            return  # closed, or a transition not reported yet: _admit decides
+        forced = self._forced
+        if forced is not None:
+            self._reject(OPEN, FORCED_OPEN_RETRY_AFTER, forced)
+        if state == OPEN:
+            remaining = self._open_remaining()
+            if remaining > 0:
+                self._reject(OPEN, remaining)
+        elif state == HALF_OPEN and self._trials >= self.half_open_permits:
+            self._reject(HALF_OPEN, min(_TRIAL_IN_FLIGHT_RETRY_AFTER, self._reset_seconds))
+
+    def _reject(self, state: str, retry_after: float, forced: str | None = None) -> NoReturn:
         """Report a rejection (outside the lock) and raise :class:`CircuitOpenError`."""
         # The emitter builds the CallRejected event only for a hook that needs one.
         self._emitter.rejected(self.name, state, retry_after, next(self._rejections))
-        raise CircuitOpenError(self.name, retry_after)
+        raise CircuitOpenError(self.name, retry_after, forced=forced)
 
     def _is_ignored(self, exc: BaseException) -> bool:
         if not isinstance(exc, Exception) or isinstance(exc, self._ignored_types):
@@ -388,7 +467,7 @@ class Breaker:
             exc_info=True,
         )
 
-    def _record_error(self, exc: BaseException, trial: bool) -> None:
+    def _record_error(self, exc: BaseException, trial: bool, start: float = 0.0) -> None:
         try:
             ignored = self._is_ignored(exc)
         except BaseException:
@@ -397,17 +476,27 @@ class Breaker:
         if ignored:
             self._release(trial)
             return
+        window = self._window
+        if window is not None and not trial:
+            self._record_in_window(window, failed=True, start=start)
+            return
         with self._lock:
             if trial:
                 self._trials -= 1
             # Stale outcomes are dropped: a call admitted while closed must not reopen a
-            # half-open breaker, and nothing extends an open one.
-            if self._storage.state == CLOSED or (trial and self._storage.state == HALF_OPEN):
+            # half-open breaker, and nothing extends an open one. (In rate mode only a
+            # trial gets here: one that ends after a reset() closed the breaker is stale.)
+            state = self._storage.state
+            if (state == CLOSED and window is None) or (trial and state == HALF_OPEN):
                 with contextlib.suppress(_RecordedFailure):
                     self._cb.call(_fail)
             self._observe()
 
-    def _record_success(self, trial: bool) -> None:
+    def _record_success(self, trial: bool, start: float = 0.0) -> None:
+        window = self._window
+        if window is not None and not trial:
+            self._record_in_window(window, failed=False, start=start)
+            return
         if not trial and not self._storage.counter and self._seen == CLOSED:
             return  # nothing to reset: keep the closed-state hot path lock-free
         with self._lock:
@@ -416,7 +505,77 @@ class Breaker:
             state = self._storage.state
             if (state == CLOSED and self._storage.counter) or (trial and state == HALF_OPEN):
                 self._cb.call(_succeed)
+                if self._window is not None:
+                    self._window.reset()  # closed again: a fresh window
             self._observe()
+
+    def _record_in_window(self, window: RateWindow, *, failed: bool, start: float) -> None:
+        """Rate mode: count a call admitted while closed; open if the window trips."""
+        if self._storage.state != CLOSED:
+            return  # stale: admitted while closed, ended after the breaker opened
+        duration = _now() - start if self._timed else 0.0
+        if not window.record(failed=failed, duration=duration):
+            return
+        with self._lock:
+            if self._storage.state == CLOSED:
+                self._cb.open()
+                window.reset()
+            self._observe()
+
+    # -- operator controls ----------------------------------------------------------
+
+    def force_open(self, *, reason: str) -> None:
+        """Open the breaker and hold it open until :meth:`reset` (e.g. for maintenance).
+
+        Every call is rejected with :class:`CircuitOpenError` whose ``forced`` says
+        ``reason`` and whose ``retry_after`` is a long hint; no trial runs meanwhile.
+        Audited: a ``breaker_operator_action`` event and the state transition.
+
+        Args:
+            reason: Why (for the audit log and the rejections), e.g. ``"maintenance"``.
+
+        Raises:
+            ValueError: ``reason`` is empty.
+        """
+        if not reason or not isinstance(reason, str):
+            raise ValueError(f"reason must be a non-empty str, got {reason!r}")
+        with self._lock:
+            old = self._observe()
+            self._forced = reason
+            self._cb.open()
+            self._observe()
+            self._emitter.emit(
+                BreakerOperatorAction(
+                    breaker=self.name, action="force_open", old_state=old, reason=reason
+                )
+            )
+        self._flush()
+
+    def reset(self) -> None:
+        """Close the breaker now: release :meth:`force_open`, forget failures. Audited."""
+        with self._lock:
+            old = self._observe()
+            forced = self._forced
+            self._forced = None
+            self._cb.close()
+            if self._window is not None:
+                self._window.reset()
+            self._observe()
+            self._emitter.emit(
+                BreakerOperatorAction(
+                    breaker=self.name, action="reset", old_state=old, reason=forced or ""
+                )
+            )
+        self._flush()
+
+    def _flush(self) -> None:
+        """Send an operator's change to a shared storage (off the lock)."""
+        shared = self._shared
+        if shared is not None and shared.has_pending:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                shared.sync()
 
     def _release(self, trial: bool) -> None:
         if trial:

@@ -10,39 +10,34 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import inspect
 import os
 import pathlib
 import threading
-import time
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import (
     TYPE_CHECKING,
     Any,
-    Concatenate,
     Generic,
-    ParamSpec,
     TypeVar,
     Unpack,
     overload,
 )
 
 from ._breaker import Breaker
+from ._guard_overload import Overload
+from ._guard_predict import Predictor, TimedPredictions
 from ._loading import deserialize_verified
 from ._origin import Origin, OriginKeywords, TrustKeywords, origin_from
 from ._origin_directory import DirectoryOrigin
-from ._reasons import Reason, bytes_refused
+from ._reasons import bytes_refused
 from .exceptions import (
     ClarityResilienceError,
-    InvalidInputError,
     ModelUnavailableError,
 )
 from .instrumentation import (
     Emitter,
     ModelRegistered,
-    PredictionFailed,
-    PredictionSucceeded,
     ReloadPromoted,
     ReloadRefused,
 )
@@ -55,14 +50,12 @@ if TYPE_CHECKING:
     from ._signing import PemSource
     from .sources import CachedSource
 
-__all__ = ["ModelGuard"]
+__all__ = ["ModelGuard", "TimedPredictions"]
 
 #: Seconds a warm-up may take when ``warmup_timeout`` is not given.
 DEFAULT_WARMUP_TIMEOUT = 300.0
 
 M = TypeVar("M")
-R = TypeVar("R")
-P = ParamSpec("P")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -75,7 +68,7 @@ class _Serving(Generic[M]):
     signer: str | None = None
 
 
-class ModelGuard(Generic[M]):
+class ModelGuard(Predictor[M]):
     """Serve one model only from verified bytes, under a circuit breaker.
 
     Give exactly one origin: ``path`` + ``sha256`` (a file), ``manifest`` + ``path``
@@ -129,6 +122,16 @@ class ModelGuard(Generic[M]):
             serving. A refusal caused by the disk, store or network (``io_error``,
             ``fetch_error``, ``timeout``) or by the loader uses
             ``unavailable_retry_after``.
+        timeout: Deadline of a prediction in seconds (None: none); past it the caller
+            gets :class:`PredictionTimeoutError`, a breaker failure. Per call:
+            :meth:`with_timeout`. See docs/guard.md, "Overload and hung models".
+        max_concurrency: Predictions that may run at once (None: no limit); beyond
+            that and ``max_queue`` calls are shed with :class:`OverloadedError`.
+        max_queue: Predictions that may wait for a slot (with ``max_concurrency``).
+        queue_timeout: Longest wait for a slot in seconds (None: no limit).
+        max_abandoned: Predictions past their deadline still running (threads cannot
+            be killed) beyond which new plain-function calls are shed.
+        overloaded_retry_after: ``Retry-After`` seconds of a shed call.
 
     Raises:
         ValueError: The origin is missing, ambiguous or incomplete, or given a setting
@@ -157,6 +160,12 @@ class ModelGuard(Generic[M]):
         invalid_input: Iterable[type[Exception]] = (),
         unavailable_retry_after: float = 5.0,
         integrity_retry_after: float = 300.0,
+        timeout: float | None = None,
+        max_concurrency: int | None = None,
+        max_queue: int = 0,
+        queue_timeout: float | None = None,
+        max_abandoned: int = 16,
+        overloaded_retry_after: float = 1.0,
         **origin: Unpack[TrustKeywords],
     ) -> None: ...
 
@@ -176,6 +185,12 @@ class ModelGuard(Generic[M]):
         invalid_input: Iterable[type[Exception]] = (),
         unavailable_retry_after: float = 5.0,
         integrity_retry_after: float = 300.0,
+        timeout: float | None = None,
+        max_concurrency: int | None = None,
+        max_queue: int = 0,
+        queue_timeout: float | None = None,
+        max_abandoned: int = 16,
+        overloaded_retry_after: float = 1.0,
         **origin: Unpack[TrustKeywords],
     ) -> None: ...
 
@@ -195,6 +210,12 @@ class ModelGuard(Generic[M]):
         invalid_input: Iterable[type[Exception]] = (),
         unavailable_retry_after: float = 5.0,
         integrity_retry_after: float = 300.0,
+        timeout: float | None = None,
+        max_concurrency: int | None = None,
+        max_queue: int = 0,
+        queue_timeout: float | None = None,
+        max_abandoned: int = 16,
+        overloaded_retry_after: float = 1.0,
         **origin: Unpack[TrustKeywords],
     ) -> None: ...
 
@@ -214,6 +235,12 @@ class ModelGuard(Generic[M]):
         invalid_input: Iterable[type[Exception]] = (),
         unavailable_retry_after: float = 5.0,
         integrity_retry_after: float = 300.0,
+        timeout: float | None = None,
+        max_concurrency: int | None = None,
+        max_queue: int = 0,
+        queue_timeout: float | None = None,
+        max_abandoned: int = 16,
+        overloaded_retry_after: float = 1.0,
         **origin: Unpack[TrustKeywords],
     ) -> None: ...
 
@@ -247,6 +274,12 @@ class ModelGuard(Generic[M]):
         invalid_input: Iterable[type[Exception]] = (),
         unavailable_retry_after: float = 5.0,
         integrity_retry_after: float = 300.0,
+        timeout: float | None = None,
+        max_concurrency: int | None = None,
+        max_queue: int = 0,
+        queue_timeout: float | None = None,
+        max_abandoned: int = 16,
+        overloaded_retry_after: float = 1.0,
     ) -> None:
         if not name or not isinstance(name, str):
             raise ValueError(f"name must be a non-empty str, got {name!r}")
@@ -292,6 +325,15 @@ class ModelGuard(Generic[M]):
             weakref.WeakKeyDictionary()
         )
         self._loop_locks_guard = threading.Lock()
+        self._overload = Overload(
+            name,
+            timeout=timeout,
+            max_concurrency=max_concurrency,
+            max_queue=max_queue,
+            queue_timeout=queue_timeout,
+            max_abandoned=max_abandoned,
+            retry_after=overloaded_retry_after,
+        )
         self._emitter = Emitter(registry)
         self._emitter.emit(ModelRegistered(model=name))
 
@@ -477,112 +519,6 @@ class ModelGuard(Generic[M]):
         )
         return _Serving(model, verified.sha256, verified.version, verified.signer)
 
-    # -- predicting -----------------------------------------------------------------
-
-    def predict(
-        self, fn: Callable[Concatenate[M, P], R], /, *args: P.args, **kwargs: P.kwargs
-    ) -> R:
-        """Run ``fn(model, *args, **kwargs)`` on the serving model, under the breaker.
-
-        Raises:
-            ModelUnavailableError: Nothing verified is serving.
-            CircuitOpenError: The breaker is open.
-            InvalidInputError: ``fn`` rejected its input (the breaker ignores it).
-            Exception: Whatever ``fn`` raised, counted as a failure.
-        """
-        start = time.perf_counter()
-        serving = self._serving  # one read: the whole call uses this one model
-        try:
-            if serving is None:
-                raise self._unavailable()
-            result = self.breaker.call(self._run, fn, serving.model, args, kwargs)
-        except Exception as exc:
-            self._failed(exc, start)
-            raise
-        self._emitter.emit(PredictionSucceeded(model=self.name, duration=_since(start)))
-        return result
-
-    # Coroutine, not Awaitable: for an ``async def`` fn both overloads match, and only
-    # with identical parameter types does mypy pick the first instead of answering Any
-    # when fn's signature mentions Any (as ``NDArray[Any]`` does).
-    @overload
-    async def predict_async(
-        self,
-        fn: Callable[Concatenate[M, P], Coroutine[Any, Any, R]],
-        /,
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> R: ...
-
-    @overload
-    async def predict_async(
-        self, fn: Callable[Concatenate[M, P], R], /, *args: P.args, **kwargs: P.kwargs
-    ) -> R: ...
-
-    async def predict_async(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        """Await ``fn(model, *args, **kwargs)`` under the breaker and return its result.
-
-        ``fn`` may be ``async def``; a plain function runs in a worker thread so that
-        inference never blocks the event loop (an awaitable it returns is awaited, so
-        the result is always the awaited value). Cancellation is not a failure.
-        """
-        start = time.perf_counter()
-        serving = self._serving
-        try:
-            if serving is None:
-                raise self._unavailable()
-            if inspect.iscoroutinefunction(fn):
-                result = await self.breaker.call_async(
-                    self._run_async, fn, serving.model, args, kwargs
-                )
-            else:
-                result = await self.breaker.call_async(
-                    self._run_in_thread, fn, serving.model, args, kwargs
-                )
-        except Exception as exc:
-            self._failed(exc, start)
-            raise
-        self._emitter.emit(PredictionSucceeded(model=self.name, duration=_since(start)))
-        return result
-
-    def _run(
-        self, fn: Callable[..., R], model: M, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> R:
-        try:
-            return fn(model, *args, **kwargs)
-        except self.invalid_input as e:
-            raise InvalidInputError(str(e) or type(e).__name__) from e
-
-    async def _run_async(
-        self,
-        fn: Callable[..., Awaitable[R]],
-        model: M,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> R:
-        try:
-            return await fn(model, *args, **kwargs)
-        except self.invalid_input as e:
-            raise InvalidInputError(str(e) or type(e).__name__) from e
-
-    async def _run_in_thread(
-        self, fn: Callable[..., Any], model: M, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        result = await asyncio.to_thread(self._run, fn, model, args, kwargs)
-        if inspect.isawaitable(result):  # a plain function that returned an awaitable
-            return await self._run_async(lambda _model: result, model, (), {})
-        return result
-
-    def _failed(self, exc: Exception, start: float) -> None:
-        self._emitter.emit(
-            PredictionFailed(
-                model=self.name,
-                reason=_reason_of(exc),
-                error_type=type(exc).__name__,
-                duration=_since(start),
-            )
-        )
-
     def _unavailable(self) -> ModelUnavailableError:
         last = self._last_error
         if last is None:
@@ -608,15 +544,3 @@ class ModelGuard(Generic[M]):
         return (
             f"<ModelGuard {self.name!r} {state} origin={origin!r} breaker={self.breaker.state!r}>"
         )
-
-
-def _reason_of(exc: BaseException) -> Reason:
-    if isinstance(exc, ClarityResilienceError):
-        return exc.reason
-    if isinstance(exc, TimeoutError):
-        return Reason.TIMEOUT
-    return Reason.INTERNAL
-
-
-def _since(start: float) -> float:
-    return time.perf_counter() - start

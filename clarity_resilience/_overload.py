@@ -25,6 +25,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from ._workers import DaemonPool
 from .exceptions import OverloadedError, PredictionTimeoutError
 
 __all__ = ["ConcurrencyLimit", "Deadline"]
@@ -143,6 +144,10 @@ class ConcurrencyLimit:
         Raises:
             OverloadedError: The queue is full, or the wait exceeded ``queue_timeout``.
         """
+        with self._lock:  # the common case first: a free slot, nobody waiting, no waiter built
+            if self._running < self.max_concurrency and not self._waiters:
+                self._running += 1
+                return
         waiter = self._try_admit(_Waiter() if self.max_queue else None)
         if waiter is None:
             return
@@ -162,6 +167,10 @@ class ConcurrencyLimit:
         Raises:
             OverloadedError: The queue is full, or the wait exceeded ``queue_timeout``.
         """
+        with self._lock:  # a free slot: no future built, no await
+            if self._running < self.max_concurrency and not self._waiters:
+                self._running += 1
+                return
         if not self.max_queue:
             self._try_admit(None)
             return
@@ -217,9 +226,8 @@ class Deadline:
         self.max_abandoned = max_abandoned
         self._lock = threading.Lock()
         self._abandoned = 0
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=workers + max_abandoned, thread_name_prefix=name
-        )
+        # Daemon workers: a call stuck for ever must not keep the process from exiting.
+        self._pool = DaemonPool(workers + max_abandoned, name=name)
 
     @property
     def abandoned(self) -> int:
@@ -296,4 +304,4 @@ class Deadline:
 
     def shutdown(self) -> None:
         """Stop the worker threads once their calls end (never waits for abandoned ones)."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown()

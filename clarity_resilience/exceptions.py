@@ -154,18 +154,23 @@ class CircuitOpenError(ModelUnavailableError):
     Attributes:
         breaker: The name of the breaker that rejected the call.
         retry_after: Seconds until the breaker admits a trial call.
+        forced: The operator's reason when the breaker was forced open
+            (``Breaker.force_open``), else None.
     """
 
     reason = Reason.BREAKER_OPEN
 
-    def __init__(self, breaker: str, retry_after: float) -> None:
+    def __init__(self, breaker: str, retry_after: float, *, forced: str | None = None) -> None:
         # Raised on every rejection, so it is kept cheap: the message is formatted only
         # when someone reads it.
         Exception.__init__(self, breaker, retry_after)
         self.breaker = breaker
         self.retry_after = float(retry_after) if retry_after > 0 else 0.0
+        self.forced = forced
 
     def __str__(self) -> str:
+        if self.forced is not None:
+            return f"circuit breaker {self.breaker!r} is forced open ({self.forced})"
         return f"circuit breaker {self.breaker!r} is open; retry in {self.retry_after:.1f}s"
 
 

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from clarity_resilience import Breaker, CircuitOpenError, Reason, instrumentation
 from clarity_resilience.instrumentation import (
     BREAKER_STATES,
+    BreakerOperatorAction,
     BreakerRegistered,
     BreakerStateChanged,
     BreakerStorageFailed,
@@ -289,6 +290,11 @@ class TestLibraryHygiene:
 
 SAMPLE_EVENTS = [
     pytest.param(BreakerRegistered(breaker="b", state="closed"), "debug", id="breaker_registered"),
+    pytest.param(
+        BreakerOperatorAction(breaker="b", action="force_open", old_state="closed", reason="m"),
+        "warning",
+        id="breaker_operator_action",
+    ),
     pytest.param(
         BreakerStateChanged(breaker="b", old_state="closed", new_state="open"),
         "warning",

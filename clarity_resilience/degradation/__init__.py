@@ -13,6 +13,8 @@ The HTTP contract (:func:`problem_for`):
 | condition                                | status | `Retry-After`  | `reason`            |
 |------------------------------------------|--------|----------------|---------------------|
 | breaker open / half-open trial in flight | 503    | ceil(s), >= 1  | `breaker_open`      |
+| shed by the concurrency limit            | 503    | short, >= 1    | `overloaded`        |
+| prediction past its deadline             | 503    | short, >= 1    | `timeout`           |
 | no verified model loaded yet             | 503    | configurable   | `unavailable`       |
 | integrity failure, nothing good to serve | 503    | configurable   | `integrity_failure` |
 | malformed / invalid / oversized input    | 4xx    | none           | `invalid_input`     |

@@ -18,6 +18,7 @@ from ..exceptions import (
     ClarityResilienceError,
     InvalidInputError,
     ModelUnavailableError,
+    PredictionTimeoutError,
 )
 
 if TYPE_CHECKING:
@@ -48,7 +49,9 @@ INTEGRITY_RETRY_AFTER: Final = 300
 UNAVAILABLE_RETRY_AFTER: Final = 5
 
 #: The closed set of ``reason`` values a problem body carries.
-ProblemReason = Literal["breaker_open", "unavailable", "integrity_failure", "invalid_input"]
+ProblemReason = Literal[
+    "breaker_open", "unavailable", "integrity_failure", "invalid_input", "overloaded", "timeout"
+]
 
 _TYPE_PREFIX: Final = "urn:clarity-resilience:problem:"
 _JSON_CONTENT_TYPE: Final = "application/json"
@@ -58,6 +61,8 @@ _TITLES: Final[dict[ProblemReason, str]] = {
     "unavailable": "Model unavailable",
     "integrity_failure": "Model integrity failure",
     "invalid_input": "Invalid input",
+    "overloaded": "Model overloaded",
+    "timeout": "Prediction timed out",
 }
 
 # One fixed sentence per situation: exception messages name paths and digests (they
@@ -67,6 +72,8 @@ _DETAILS: Final[dict[str, str]] = {
     "unavailable": "No verified model is serving yet; retry after Retry-After seconds.",
     "integrity_failure": "No model that passed integrity checks is available to serve requests.",
     "invalid_input": "The request input is not valid for this model.",
+    "overloaded": "Too many requests are in progress; retry after Retry-After seconds.",
+    "timeout": "The model did not answer in time; retry after Retry-After seconds.",
     "validation": "The request does not match the expected schema; see errors for the fields.",
     "malformed": "The request body could not be parsed.",
     "too_large": "The request body is larger than this endpoint accepts.",
@@ -116,7 +123,7 @@ class Problem:
         title: A short summary, the same for every problem of this ``type``.
         detail: A fixed sentence for this situation (never an exception message).
         reason: One of ``breaker_open``, ``unavailable``, ``integrity_failure``,
-            ``invalid_input``.
+            ``invalid_input``, ``overloaded``, ``timeout``.
         type: A stable URI naming the problem type (see :func:`problem_type`).
         retry_after: Whole seconds for the ``Retry-After`` header (at least 1), or
             None to send none.
@@ -171,6 +178,8 @@ def problem_for(
     | exception                                  | status | reason              |
     |--------------------------------------------|--------|---------------------|
     | `CircuitOpenError`                         | 503    | `breaker_open`      |
+    | `OverloadedError` (shed)                   | 503    | `overloaded`        |
+    | `PredictionTimeoutError`                   | 503    | `timeout`           |
     | `ModelUnavailableError` (integrity reason) | 503    | `integrity_failure` |
     | `ModelUnavailableError` (other)            | 503    | `unavailable`       |
     | `IntegrityError`                           | 503    | `integrity_failure` |
@@ -205,6 +214,8 @@ def problem_for(
     if isinstance(exc, ModelUnavailableError):
         if exc.reason == Reason.BREAKER_OPEN:
             reason: ProblemReason = "breaker_open"
+        elif exc.reason == Reason.OVERLOADED:
+            reason = "overloaded"
         elif bytes_refused(exc.reason):
             reason = "integrity_failure"
         else:
@@ -215,7 +226,11 @@ def problem_for(
         return _problem(503, reason, retry_after=_seconds(exc.retry_after, fallback))
     if bytes_refused(exc.reason):
         return _problem(503, "integrity_failure", retry_after=_seconds(integrity_retry_after))
-    return _problem(503, "unavailable", retry_after=_seconds(unavailable_retry_after))
+    other: ProblemReason = "unavailable"
+    seconds = unavailable_retry_after
+    if isinstance(exc, PredictionTimeoutError):  # a hung model: retry soon, maybe elsewhere
+        other, seconds = "timeout", exc.retry_after
+    return _problem(503, other, retry_after=_seconds(seconds))
 
 
 def liveness() -> HealthResponse:

@@ -19,6 +19,7 @@ with :func:`set_on_event_hooks`::
 from __future__ import annotations
 
 from ._events import (
+    BreakerOperatorAction,
     BreakerRegistered,
     BreakerStateChanged,
     BreakerStorageFailed,
@@ -40,6 +41,7 @@ from ._structlog import StructlogOnEventHook
 
 __all__ = [
     "BREAKER_STATES",
+    "BreakerOperatorAction",
     "BreakerRegistered",
     "BreakerStateChanged",
     "BreakerStorageFailed",

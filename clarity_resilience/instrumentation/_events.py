@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 from .._reasons import Reason
 
 __all__ = [
+    "BreakerOperatorAction",
     "BreakerRegistered",
     "BreakerStateChanged",
     "BreakerStorageFailed",
@@ -77,6 +78,25 @@ class BreakerStateChanged(Event):
         """Name the event after the new state, e.g. ``clarity_resilience.breaker_opened``."""
         verb = {"open": "opened", "half-open": "half_opened", "closed": "closed"}
         return f"clarity_resilience.breaker_{verb.get(self.new_state, 'changed')}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BreakerOperatorAction(Event):
+    """An operator forced a breaker open (``force_open``) or reset it (``reset``).
+
+    Attributes:
+        action: ``force_open`` or ``reset``.
+        old_state: The breaker's state before the action.
+        reason: The reason given to ``force_open`` (for ``reset``: the one released,
+            or empty).
+    """
+
+    name: ClassVar[str] = "clarity_resilience.breaker_operator_action"
+    level: ClassVar[str] = "warning"
+    breaker: str
+    action: str
+    old_state: str
+    reason: str
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -76,6 +76,8 @@ def get_on_event_hooks() -> tuple[EventHook | HookFactory, ...]:
 #: The built-in hooks have one (``on_rejection``), so an open breaker's rejection
 #: builds no event object unless a hook without it (or a sampled log line) needs one.
 RejectionHandler: TypeAlias = "Callable[[str, str, float, int], None]"
+#: A hook's gauge of predictions in flight: ``(model, delta)`` with delta +1 or -1.
+InFlightHandler: TypeAlias = "Callable[[str, int], None]"
 
 
 class Emitter:
@@ -86,13 +88,14 @@ class Emitter:
             (``None``: prometheus_client's default registry).
     """
 
-    __slots__ = ("_generation", "_hooks", "_rejection_hooks", "registry")
+    __slots__ = ("_generation", "_hooks", "_in_flight_hooks", "_rejection_hooks", "registry")
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry
         self._generation = -1
         self._hooks: tuple[EventHook, ...] = ()
         self._rejection_hooks: tuple[tuple[RejectionHandler | None, EventHook], ...] = ()
+        self._in_flight_hooks: tuple[InFlightHandler, ...] = ()
 
     def _resolve(self) -> tuple[EventHook, ...]:
         if self._generation != _CONFIG.generation:
@@ -104,6 +107,11 @@ class Emitter:
             )
             self._rejection_hooks = tuple(
                 (getattr(hook, "on_rejection", None), hook) for hook in hooks
+            )
+            self._in_flight_hooks = tuple(
+                handler
+                for handler in (getattr(hook, "on_in_flight", None) for hook in hooks)
+                if handler is not None
             )
             self._hooks = hooks
             self._generation = generation
@@ -151,6 +159,23 @@ class Emitter:
                     hook(event)
             except Exception:  # noqa: BLE001 - a broken hook must not break the caller
                 _report_failure(hook, event or _rejection(breaker, state, retry_after, count))
+
+    def in_flight(self, model: str, delta: int) -> None:
+        """Tell hooks with ``on_in_flight(model, delta)`` that predictions began or ended.
+
+        A gauge, not an audit event: hooks without ``on_in_flight`` are not called (two
+        log lines per prediction would drown everything else).
+        """
+        if self._generation != _CONFIG.generation:
+            try:
+                self._resolve()
+            except Exception:  # noqa: BLE001 - a failed hook factory must never break the caller
+                return
+        for handler in self._in_flight_hooks:
+            try:
+                handler(model, delta)
+            except Exception:  # noqa: BLE001 - a broken hook must not break the caller
+                _report_failure(handler, Event())
 
 
 def _rejection(breaker: str, state: str, retry_after: float, count: int) -> CallRejected:

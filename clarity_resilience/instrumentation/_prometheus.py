@@ -25,7 +25,7 @@ from ._events import (
 from ._factory import HookFactory
 
 if TYPE_CHECKING:
-    from prometheus_client import CollectorRegistry, Counter
+    from prometheus_client import CollectorRegistry, Counter, Gauge
 
 __all__ = ["BREAKER_STATES", "PrometheusOnEventHook", "prometheus_hook"]
 
@@ -79,6 +79,13 @@ class _Metrics:
             ["breaker"],
             **kw,
         )
+        self.in_flight = Gauge(
+            "prediction_in_flight",
+            "Predictions running now, including those past their deadline that still run.",
+            ["model"],
+            multiprocess_mode="livesum",
+            **kw,
+        )
         self.load_duration = Histogram(
             "model_load_duration_seconds",
             "Time to verify and deserialize a model, failed loads included.",
@@ -108,6 +115,7 @@ class _Metrics:
         self._success_children: dict[str, Counter] = {}
         self._failure_children: dict[tuple[str, Reason], Counter] = {}
         self._rejection_children: dict[str, Counter] = {}
+        self._in_flight_children: dict[str, Gauge] = {}
 
     def ensure_model(self, model: str) -> None:
         """Pre-initialise every series of ``model`` so alerts work from the first failure."""
@@ -118,6 +126,7 @@ class _Metrics:
                 return
             self._models.add(model)
         self.success.labels(model)
+        self.in_flight.labels(model)
         for reason in Reason:
             self.failure.labels(model, reason.value)
         for reason in REFUSAL_REASONS:
@@ -161,6 +170,14 @@ class _Metrics:
             child = self._failure_children.setdefault(
                 (model, reason), self.failure.labels(model, reason.value)
             )
+        return child
+
+    def in_flight_of(self, model: str) -> Gauge:
+        """Return the ``prediction_in_flight`` series of ``model`` (pre-initialised)."""
+        child = self._in_flight_children.get(model)
+        if child is None:
+            self.ensure_model(model)
+            child = self._in_flight_children.setdefault(model, self.in_flight.labels(model))
         return child
 
     def rejections_of(self, breaker: str) -> Counter:
@@ -241,6 +258,10 @@ class PrometheusHook:
         if child is None:
             child = self._m.rejections_of(breaker)
         child.inc()
+
+    def on_in_flight(self, model: str, delta: int) -> None:
+        """Move the ``prediction_in_flight`` gauge of ``model`` by ``delta``."""
+        self._m.in_flight_of(model).inc(delta)
 
     def _breaker_storage_failed(self, event: BreakerStorageFailed) -> None:
         self._m.storage_failures.labels(event.breaker).inc()

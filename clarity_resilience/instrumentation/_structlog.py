@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -82,6 +83,7 @@ class StructlogHook:
         # a logger filtering at CRITICAL drops debug).
         self._nop = structlog.make_filtering_bound_logger(logging.CRITICAL).debug
         self._bound: _Bound | None = None
+        self._shed_counts: dict[str, itertools.count[int]] = {}
 
     def _logger(self) -> _Bound:
         # Asking the lazy proxy to log assembles a new bound logger (and calls the logger
@@ -108,9 +110,19 @@ class StructlogHook:
     def __call__(self, event: Event, /) -> None:
         if isinstance(event, CallRejected) and not logs_rejection(event.rejected_since_open):
             return
-        if isinstance(event, PredictionFailed) and event.reason is Reason.BREAKER_OPEN:
-            return  # the breaker's own (sampled) call_rejected line audits this denial
+        if isinstance(event, PredictionFailed):
+            if event.reason is Reason.BREAKER_OPEN:
+                return  # the breaker's own (sampled) call_rejected line audits this denial
+            if event.reason is Reason.OVERLOADED and not logs_rejection(self._shed(event.model)):
+                return  # a spike sheds thousands a second: sampled like rejections
         self._log(event)
+
+    def _shed(self, model: str) -> int:
+        """Return the running count of shed calls of ``model`` (this one included)."""
+        counter = self._shed_counts.get(model)
+        if counter is None:
+            counter = self._shed_counts.setdefault(model, itertools.count(1))
+        return next(counter)  # next() on a count is atomic in CPython
 
     def on_rejection(self, breaker: str, state: str, retry_after: float, count: int) -> None:
         """Log a sampled rejection; build its event only when it is logged (fast path)."""

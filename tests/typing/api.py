@@ -86,6 +86,12 @@ async def guard_with_a_loader(source: HttpSource) -> None:
     assert_type(await guard.predict_async(weights, 2.0), float)
     await guard.predict_async(aweights, "2.0")  # type: ignore[call-overload]
 
+    # A per-call deadline keeps the same typing (and leaves fn's keywords alone).
+    assert_type(guard.with_timeout(1.5).predict(weights, 2.0), float)
+    assert_type(await guard.with_timeout(1.5).predict_async(aweights, 2.0), float)
+    assert_type(await guard.with_timeout(1.5).predict_async(weights, 2.0), float)
+    guard.with_timeout(1.5).predict(weights, "2.0")  # type: ignore[arg-type]
+
     numpy_guard = cr.ModelGuard("n", path=PATH, sha256=DIGEST, loader=cr.loaders.numpy)
     assert_type(numpy_guard.model, NDArray[Any] | dict[str, NDArray[Any]])
 
