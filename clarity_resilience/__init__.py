@@ -15,6 +15,7 @@ from ._loading import load_verified
 from ._manifest import Manifest, ManifestEntry
 from ._materialize import materialize
 from ._reasons import Reason
+from ._redis_storage import RedisStorage
 from .exceptions import (
     ChecksumMismatchError,
     CircuitOpenError,
@@ -48,6 +49,7 @@ __all__ = [
     "OverloadedError",
     "PredictionTimeoutError",
     "Reason",
+    "RedisStorage",
     "SizeMismatchError",
     "__version__",
     "instrumentation",

@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar, overload
 
 from ._breaker_guard import BreakerGuard, sync_shielded
+from ._redis_storage import RedisStorage  # light: imports redis only when one is built
 from .exceptions import CircuitOpenError, InvalidInputError
 from .instrumentation import (
     BreakerRegistered,
@@ -120,7 +121,7 @@ class Breaker:
         reset_timeout: float = 60.0,
         half_open_permits: int = 1,
         exclude: Iterable[ExcludeSpec] = (),
-        storage: pybreaker.CircuitBreakerStorage | None = None,
+        storage: pybreaker.CircuitBreakerStorage | RedisStorage | None = None,
         storage_timeout: float = 0.25,
         registry: CollectorRegistry | None = None,
     ) -> None:
@@ -151,6 +152,17 @@ class Breaker:
         self._storage: pybreaker.CircuitBreakerStorage
         if storage is None:
             self._storage = pybreaker.CircuitMemoryStorage(CLOSED)
+        elif isinstance(storage, RedisStorage):
+            # Fleet-wide: atomic counting and one trial lease in Redis (_redis_mirror).
+            self._shared = storage.attach(
+                name=name,
+                fail_max=fail_max,
+                reset_timeout=float(reset_timeout),
+                retry_interval=_STORAGE_RETRY_SECONDS,
+                report=self._storage_failed,
+            )
+            self._shared.sync(trial=False)
+            self._storage = self._shared
         else:
             from ._breaker_storage import SharedStorage
 
@@ -341,17 +353,24 @@ class Breaker:
                 remaining = self._open_remaining()
                 if remaining > 0:
                     rejected = (OPEN, remaining)
+                elif not self._may_trial():
+                    # Another process holds the fleet's one trial (RedisStorage's lease).
+                    rejected = (HALF_OPEN, min(_TRIAL_IN_FLIGHT_RETRY_AFTER, self._reset_seconds))
                 else:
                     self._cb.half_open()
                     state = self._observe()
             if rejected is None and state == HALF_OPEN:
-                if self._trials < self.half_open_permits:
+                if self._trials < self.half_open_permits and self._may_trial():
                     self._trials += 1
                     return True
                 rejected = (HALF_OPEN, min(_TRIAL_IN_FLIGHT_RETRY_AFTER, self._reset_seconds))
         if rejected is None:
             return False
         self._reject(*rejected)
+
+    def _may_trial(self) -> bool:
+        """Return whether this process may run a trial (a fleet-wide lease, if shared)."""
+        return self._shared is None or self._shared.may_trial()
 
     def _reject(self, state: str, retry_after: float) -> NoReturn:
         """Report a rejection (outside the lock) and raise :class:`CircuitOpenError`."""
@@ -431,7 +450,7 @@ class Breaker:
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            shared.sync()
+            shared.sync(trial=False)
 
     def _storage_failed(self, problem: str, error_type: str, detail: str) -> None:
         self._emitter.emit(

@@ -217,9 +217,18 @@ class SharedStorage(pybreaker.CircuitBreakerStorage):
 
     # -- exchanging with the shared storage -------------------------------------------
 
-    def sync(self) -> None:
-        """Send queued writes and read the shared state, waiting at most ``timeout``."""
-        future = self._begin()
+    def may_trial(self) -> bool:
+        """Return whether this process may run a half-open trial (always, here)."""
+        return True
+
+    def sync(self, *, trial: bool = True) -> None:
+        """Send queued writes and read the shared state, waiting at most ``timeout``.
+
+        Args:
+            trial: Whether a call follows (a fleet-wide storage may take the trial
+                lease for it); False for a mere look at the state.
+        """
+        future = self._begin(trial)
         if future is None:
             return
         try:
@@ -232,9 +241,9 @@ class SharedStorage(pybreaker.CircuitBreakerStorage):
             return
         self._accept(snapshot)
 
-    async def sync_async(self) -> None:
+    async def sync_async(self, *, trial: bool = True) -> None:
         """Like :meth:`sync`, awaiting the worker instead of blocking the event loop."""
-        future = self._begin()
+        future = self._begin(trial)
         if future is None:
             return
         try:
@@ -247,9 +256,15 @@ class SharedStorage(pybreaker.CircuitBreakerStorage):
             return
         self._accept(snapshot)
 
-    def _begin(self) -> Future[_Snapshot] | None:
+    def _fresh(self) -> bool:
+        """Return whether the state last read may still be served (lock held)."""
+        return False
+
+    def _begin(self, trial: bool = True) -> Future[_Snapshot] | None:
         """Start one exchange, or return None to go on from the mirror."""
         with self._lock:
+            if self._fresh():
+                return None  # read recently enough, and nothing to write
             if self._in_flight:
                 if not (self._stuck and time.time() >= self._down_until):
                     return None  # another caller's exchange is on its way: don't queue
@@ -266,11 +281,11 @@ class SharedStorage(pybreaker.CircuitBreakerStorage):
         if blocked:
             self._report("timeout", "TimeoutError", "an earlier storage call is still blocked")
             return None
-        future = self._worker.submit(lambda: self._exchange(ops))
+        future = self._worker.submit(lambda: self._exchange(ops, trial))
         future.add_done_callback(self._done)
         return future
 
-    def _exchange(self, ops: tuple[_Op, ...]) -> _Snapshot:
+    def _exchange(self, ops: tuple[_Op, ...], trial: bool = True) -> _Snapshot:
         """Run on the worker: apply the writes, then read state, counter and opened_at."""
         remote = self.remote
         for op in ops:

@@ -1,0 +1,113 @@
+"""Serve ``/metrics`` correctly with one process or many (prometheus-client multiprocess mode).
+
+Under gunicorn or ``uvicorn --workers`` with ``PROMETHEUS_MULTIPROC_DIR`` set, each
+worker writes its samples to files in that directory, and a scrape must aggregate the
+files of every worker (a fresh ``CollectorRegistry`` with a ``MultiProcessCollector``),
+not read the one registry of whichever worker answered. Without the variable, the
+process's own registry is served. Frameworks are not imported: the apps are plain WSGI
+and ASGI callables, mountable in Flask, Django, Starlette or FastAPI.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+__all__ = ["asgi_app", "exposition", "multiprocess_dir", "wsgi_app"]
+
+_ENV = ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")
+
+_Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+_Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+_StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+
+
+def multiprocess_dir() -> str | None:
+    """Return prometheus-client's multiprocess directory, or None in single-process mode."""
+    for name in _ENV:
+        value = os.environ.get(name)
+        if value:
+            return value
+    return None
+
+
+def exposition(
+    registry: CollectorRegistry | None = None, accept: str | None = None
+) -> tuple[bytes, str]:
+    """Return the metrics text and its content type for one scrape.
+
+    Args:
+        registry: The registry served in single-process mode (the default registry if
+            None). Ignored in multiprocess mode, where every worker's files are read.
+        accept: The scrape's ``Accept`` header (OpenMetrics is served if asked for).
+
+    Returns:
+        The body and the ``Content-Type`` to answer with.
+    """
+    from prometheus_client import REGISTRY, CollectorRegistry
+    from prometheus_client.exposition import choose_encoder
+
+    if multiprocess_dir() is not None:
+        from prometheus_client import multiprocess
+
+        # A fresh registry per scrape: the collector reads the files of all workers,
+        # live and dead (counters and histograms sum; gauges follow their mode).
+        served = CollectorRegistry()
+        multiprocess.MultiProcessCollector(served)  # type: ignore[no-untyped-call]
+    else:
+        served = REGISTRY if registry is None else registry
+    encoder, content_type = choose_encoder(accept or "")
+    return encoder(served), content_type
+
+
+def wsgi_app(
+    registry: CollectorRegistry | None = None,
+) -> Callable[[dict[str, Any], _StartResponse], Iterable[bytes]]:
+    """Return a WSGI app answering every GET with the metrics (see :func:`exposition`)."""
+
+    def app(environ: dict[str, Any], start_response: _StartResponse) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD"):
+            start_response("405 Method Not Allowed", [("Allow", "GET, HEAD")])
+            return [b""]
+        body, content_type = exposition(registry, environ.get("HTTP_ACCEPT"))
+        headers = [("Content-Type", content_type), ("Content-Length", str(len(body)))]
+        start_response("200 OK", headers)
+        return [b"" if environ.get("REQUEST_METHOD") == "HEAD" else body]
+
+    return app
+
+
+def asgi_app(
+    registry: CollectorRegistry | None = None,
+) -> Callable[[MutableMapping[str, Any], _Receive, _Send], Awaitable[None]]:
+    """Return an ASGI app answering every GET with the metrics (see :func:`exposition`)."""
+
+    async def app(scope: MutableMapping[str, Any], receive: _Receive, send: _Send) -> None:
+        if scope["type"] != "http":
+            return  # lifespan and websockets: nothing to serve
+        if scope.get("method", "GET") not in ("GET", "HEAD"):
+            await send(
+                {"type": "http.response.start", "status": 405, "headers": [(b"allow", b"GET")]}
+            )
+            await send({"type": "http.response.body", "body": b""})
+            return
+        accept = None
+        for key, value in scope.get("headers", ()):
+            if key.lower() == b"accept":
+                accept = value.decode("latin-1")
+        # Reading a few small files: cheap enough not to need a thread.
+        body, content_type = exposition(registry, accept)
+        headers = [
+            (b"content-type", content_type.encode("latin-1")),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send(
+            {"type": "http.response.body", "body": b"" if scope.get("method") == "HEAD" else body}
+        )
+
+    return app
