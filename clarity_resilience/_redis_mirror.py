@@ -21,6 +21,7 @@ process holds the lease.
 
 from __future__ import annotations
 
+import collections
 import os
 import socket
 import time
@@ -184,7 +185,17 @@ class RedisMirror(SharedStorage):
         args = [self.token, self._fail_max, self._reset_ms, f"{time.time():.6f}"]
         args.append("1" if trial else "0")
         args.extend(_intentions(ops))
-        reply = self._script(keys=self._keys, args=args, client=self.client)
+        try:
+            reply = self._script(keys=self._keys, args=args, client=self.client)
+        except BaseException:
+            # Kept for the next exchange (bounded, oldest dropped): failures counted
+            # while Redis was away reach the fleet when it returns. (A reply lost after
+            # the script ran can count them twice: an earlier opening, never a missed one.)
+            with self._lock:
+                self._pending = collections.deque(
+                    (*ops, *self._pending), maxlen=self._pending.maxlen
+                )
+            raise
         state, counter, opened_at, holder = reply
         self._lease = bool(int(holder))
         self._available = True

@@ -8,6 +8,8 @@ lease, the local fallback) is in ``_redis_mirror.py``.
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeGuard
 
 if TYPE_CHECKING:
@@ -50,6 +52,7 @@ class RedisStorage:
         timeout: Seconds a call waits for one exchange with Redis.
         max_staleness: Seconds a process may serve the state it last read before
             reading it again (0 reads it on every call; at most 1).
+        clock: The monotonic clock measuring that staleness (for tests).
 
     Raises:
         ValueError: A bad timeout, staleness or namespace.
@@ -63,6 +66,7 @@ class RedisStorage:
         namespace: str = "clarity-breaker",
         timeout: float = 0.1,
         max_staleness: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         import redis
         from redis.backoff import NoBackoff
@@ -93,6 +97,7 @@ class RedisStorage:
         self.namespace = namespace
         self.timeout = float(timeout)
         self.max_staleness = float(max_staleness)
+        self.clock = clock
         self._script: Any = None
 
     def __repr__(self) -> str:
@@ -123,6 +128,7 @@ class RedisStorage:
             timeout=self.timeout,
             retry_interval=retry_interval,
             report=report,
+            clock=self.clock,
         )
 
 
