@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-__all__ = ["asgi_app", "exposition", "multiprocess_dir", "wsgi_app"]
+__all__ = ["asgi_app", "child_exit", "exposition", "multiprocess_dir", "wsgi_app"]
 
 _ENV = ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")
 
@@ -111,3 +111,17 @@ def asgi_app(
         )
 
     return app
+
+
+def child_exit(server: object, worker: Any) -> None:
+    """Forget a dead worker's live gauges: gunicorn's ``child_exit`` server hook.
+
+    Use it from ``gunicorn.conf.py``: ``from clarity_resilience.metrics import
+    child_exit``. Counters and histograms of the dead worker keep counting in the sums
+    (what it served did happen); its ``circuit_breaker_state`` series vanish.
+    """
+    if multiprocess_dir() is None:
+        return
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
