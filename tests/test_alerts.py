@@ -37,6 +37,7 @@ EXPECTED_ALERTS = {
     "ModelIntegrityFailure": {"critical"},
     "CircuitBreakerOpen": {"warning", "critical"},
     "CircuitBreakerFlapping": {"warning"},
+    "CircuitBreakerStorageFailing": {"warning"},
     "PredictionFailureRatioHigh": {"critical"},
     "ModelUnavailable": {"critical"},
     "ModelLoadSlow": {"warning"},
@@ -47,6 +48,7 @@ EXPECTED_METRICS = {
     "prediction_failure_total",
     "circuit_breaker_state",
     "circuit_breaker_transitions_total",
+    "circuit_breaker_storage_failures_total",
     "model_integrity_failures_total",
     "model_load_duration_seconds_bucket",
 }
