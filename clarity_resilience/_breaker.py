@@ -98,15 +98,17 @@ class Breaker:
         reset_timeout: Seconds the breaker stays open before a trial call.
         half_open_permits: How many trial calls may run at once while half-open.
         exclude: Exception types or predicates whose outcomes are ignored.
-        storage: A pybreaker storage (e.g. ``pybreaker.CircuitRedisStorage``) to share
-            state between processes; in memory by default. Half-open permits are
-            counted per process. A given storage is never called under a lock or on
-            the event loop: see ``storage_timeout``.
+        storage: A :class:`RedisStorage` (one breaker for the whole fleet: shared
+            count, one trial), or a pybreaker storage (e.g.
+            ``pybreaker.CircuitRedisStorage``) to share state between processes; in
+            memory by default. Half-open permits are counted per process. A given
+            storage is never called under a lock or on the event loop: see
+            ``storage_timeout``.
         storage_timeout: Seconds a call waits for one exchange with ``storage`` (the
             queued writes and a read of the state, on a worker thread). On a timeout
             or error the failure is reported (``BreakerStorageFailed``), the breaker
             goes on from the state it last read, and the storage is left alone for a
-            second.
+            second. A ``RedisStorage`` uses its own ``timeout`` instead.
         registry: The Prometheus registry to record into (default registry if None).
 
     Raises:
