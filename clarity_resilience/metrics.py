@@ -11,15 +11,25 @@ and ASGI callables, mountable in Flask, Django, Starlette or FastAPI.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-__all__ = ["asgi_app", "child_exit", "exposition", "multiprocess_dir", "wsgi_app"]
+__all__ = [
+    "asgi_app",
+    "child_exit",
+    "exposition",
+    "multiprocess_dir",
+    "prune_dead_workers",
+    "wsgi_app",
+]
 
 _ENV = ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")
+# prometheus-client's file name for a live-mode gauge: gauge_liveall_<pid>.db.
+_LIVE_GAUGE_FILE = re.compile(r"gauge_live(?:all|max|min|sum|mostrecent)_(\d+)\.db")
 
 _Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 _Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
@@ -51,9 +61,11 @@ def exposition(
     from prometheus_client import REGISTRY, CollectorRegistry
     from prometheus_client.exposition import choose_encoder
 
-    if multiprocess_dir() is not None:
+    directory = multiprocess_dir()
+    if directory is not None:
         from prometheus_client import multiprocess
 
+        prune_dead_workers(directory)
         # A fresh registry per scrape: the collector reads the files of all workers,
         # live and dead (counters and histograms sum; gauges follow their mode).
         served = CollectorRegistry()
@@ -125,3 +137,37 @@ def child_exit(server: object, worker: Any) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+
+
+def prune_dead_workers(directory: str) -> list[int]:
+    """Forget the live gauges of workers that no longer exist; return their pids.
+
+    The safety net for servers without a ``child_exit`` hook (``uvicorn --workers``):
+    run on every multiprocess scrape, it checks each pid that owns a live-mode gauge
+    file with ``kill(pid, 0)``. Workers share the scraping process's pid namespace (one
+    container), so a pid that does not exist is a dead worker. (A pid reused by a new
+    process keeps the old series until that process exits.)
+    """
+    from prometheus_client import multiprocess
+
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []  # prometheus-client reports a missing directory itself
+    pids = {int(m.group(1)) for name in names if (m := _LIVE_GAUGE_FILE.fullmatch(name))}
+    dead = [pid for pid in sorted(pids) if not _alive(pid)]
+    for pid in dead:
+        multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+    return dead
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return True  # never signal a process group
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import linear_model
@@ -18,7 +18,13 @@ import requirements
 from prometheus_client.parser import text_string_to_metric_families
 
 import clarity_resilience
-from clarity_resilience.metrics import asgi_app, exposition, wsgi_app
+from clarity_resilience.metrics import (
+    asgi_app,
+    child_exit,
+    exposition,
+    prune_dead_workers,
+    wsgi_app,
+)
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 FEATURES = [0.5, -1.0, 2.0, 0.25]
@@ -65,14 +71,32 @@ def state_pids(found: Samples) -> set[str]:
     return {lab["pid"] for n, lab, _ in found if n == "circuit_breaker_state"}
 
 
-class Gunicorn:
-    """A real gunicorn (2 sync workers) serving the Flask example on 127.0.0.1."""
+def gunicorn_flask(conf: pathlib.Path, port: int) -> list[str]:
+    """gunicorn, 2 sync workers, the Flask example, the documented child_exit hook."""
+    try:
+        import gunicorn  # noqa: F401
+    except ImportError:
+        requirements.missing("gunicorn (the tests dependency group)")
+    return [
+        *(sys.executable, "-m", "gunicorn", "--config", str(conf), "--workers", "2"),
+        *("--bind", f"127.0.0.1:{port}", "--chdir", str(REPO / "examples")),
+        "flask_app:create_app()",
+    ]
 
-    def __init__(self, tmp_path: pathlib.Path) -> None:
-        try:
-            import gunicorn  # noqa: F401
-        except ImportError:
-            requirements.missing("gunicorn (the tests dependency group)")
+
+def uvicorn_fastapi(conf: pathlib.Path, port: int) -> list[str]:
+    """uvicorn --workers 2, the FastAPI example (no hook: scrapes prune dead workers)."""
+    return [
+        *(sys.executable, "-m", "uvicorn", "--workers", "2", "--factory"),
+        *("--host", "127.0.0.1", "--port", str(port), "--app-dir", str(REPO / "examples")),
+        "fastapi_app:create_app",
+    ]
+
+
+class Workers:
+    """A real multi-worker server (2 workers) serving an example app on 127.0.0.1."""
+
+    def __init__(self, tmp_path: pathlib.Path, command: Callable[..., list[str]]) -> None:
         self.model_dir = tmp_path / "model"
         linear_model.ensure_model(self.model_dir)
         weights = self.model_dir / "weights" / linear_model.WEIGHTS_FILE
@@ -93,29 +117,26 @@ class Gunicorn:
             PYTHONPATH=os.pathsep.join([str(source), str(REPO / "examples")]),
         )
         self.proc = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "gunicorn", "--config", str(conf), "--workers", "2"),
-                *("--bind", f"127.0.0.1:{self.port}", "--chdir", str(REPO / "examples")),
-                "flask_app:create_app()",
-            ],
+            command(conf, self.port),
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        self.client = httpx.Client(base_url=self.url, timeout=30)
+        # A new connection per request, so the workers share the requests.
+        self.client = httpx.Client(base_url=self.url, timeout=30, headers={"Connection": "close"})
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + BOOT_SECONDS
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                pytest.fail(f"gunicorn exited: {self.proc.stderr.read()!r}")  # type: ignore[union-attr]
+                pytest.fail(f"the server exited: {self.proc.stderr.read()!r}")  # type: ignore[union-attr]
             try:
                 if len(state_pids(self.scrape())) == 2:
                     return
             except httpx.TransportError:
                 pass
             time.sleep(0.1)  # polling a booting server, not waiting for a breaker
-        pytest.fail("gunicorn workers did not come up")
+        pytest.fail("the workers did not come up")
 
     def scrape(self) -> Samples:
         reply = self.client.get("/metrics")
@@ -135,9 +156,14 @@ class Gunicorn:
             self.proc.stderr.close()
 
 
-@pytest.fixture
-def gunicorn(tmp_path: pathlib.Path) -> Iterator[Gunicorn]:
-    server = Gunicorn(tmp_path)
+@pytest.fixture(
+    params=[
+        pytest.param(gunicorn_flask, id="gunicorn-flask"),
+        pytest.param(uvicorn_fastapi, id="uvicorn-fastapi"),
+    ]
+)
+def workers(tmp_path: pathlib.Path, request: pytest.FixtureRequest) -> Iterator[Workers]:
+    server = Workers(tmp_path, request.param)
     try:
         server.wait_ready()
         yield server
@@ -145,21 +171,21 @@ def gunicorn(tmp_path: pathlib.Path) -> Iterator[Gunicorn]:
         server.close()
 
 
-class TestGunicornWorkers:
+class TestWorkers:
     def test_counters_sum_and_a_killed_workers_state_vanishes(
-        self, gunicorn: Gunicorn, tmp_path: pathlib.Path
+        self, workers: Workers, tmp_path: pathlib.Path
     ) -> None:
         """Counters sum over every worker, dead ones too; a SIGKILLed worker's state goes."""
         promtool = requirements.require_binary("promtool")
         sent = 40
         for _ in range(sent):
-            assert gunicorn.client.post("/predict", json={"features": FEATURES}).status_code == 503
+            assert workers.client.post("/predict", json={"features": FEATURES}).status_code == 503
         # Failing reloads open each worker's breaker (nothing serves, so loads count).
         for _ in range(200):
-            if len(open_pids(gunicorn.scrape())) == 2:
+            if len(open_pids(workers.scrape())) == 2:
                 break
-            assert gunicorn.client.post("/admin/reload").status_code == 409
-        found = gunicorn.scrape()
+            assert workers.client.post("/admin/reload").status_code == 409
+        found = workers.scrape()
         opened = open_pids(found)
         assert len(opened) == 2
         assert total(found, "prediction_failure_total", model="linear") == sent
@@ -167,14 +193,14 @@ class TestGunicornWorkers:
         os.kill(int(victim), signal.SIGKILL)
         deadline = time.monotonic() + REAP_SECONDS
         while victim in state_pids(found) and time.monotonic() < deadline:
-            time.sleep(0.1)  # the master reaps the worker and runs child_exit
-            found = gunicorn.scrape()
+            time.sleep(0.1)  # the supervisor reaps the worker (gunicorn: runs child_exit)
+            found = workers.scrape()
         assert victim not in state_pids(found)
         assert open_pids(found) == opened - {victim}
         # What the dead worker counted still counts.
         assert total(found, "prediction_failure_total", model="linear") == sent
         exposition_file = tmp_path / "metrics.txt"
-        exposition_file.write_text(gunicorn.last_text)
+        exposition_file.write_text(workers.last_text)
         with exposition_file.open("rb") as text:
             check = subprocess.run(
                 [promtool, "check", "metrics"],
@@ -243,3 +269,43 @@ class TestExpositionHelpers:
         asyncio.run(app({"type": "http", "method": "GET", "headers": []}, receive, send))  # type: ignore[arg-type]
         assert sent[0]["status"] == 200
         assert b"served_total" in sent[1]["body"]  # type: ignore[operator]
+
+
+class TestDeadWorkers:
+    def live_gauge(self, directory: pathlib.Path, pid: int) -> pathlib.Path:
+        from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+        path = directory / f"gauge_liveall_{pid}.db"
+        db = MmapedDict(str(path))
+        db.write_value(mmap_key("g", "g", (), (), "A gauge."), 1.0, 0.0)
+        db.close()
+        return path
+
+    def dead_pid(self) -> int:
+        child = subprocess.Popen([sys.executable, "-c", "pass"])
+        child.wait(timeout=30)
+        return child.pid
+
+    def test_child_exit_removes_the_workers_live_gauges(
+        self, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """gunicorn's child_exit hook deletes the dead worker's live gauge file."""
+        monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+        dead = self.live_gauge(tmp_path, 4242)
+        kept = self.live_gauge(tmp_path, 4343)
+
+        class Worker:
+            pid = 4242
+
+        child_exit(object(), Worker())
+        assert not dead.exists()
+        assert kept.exists()
+
+    def test_scrapes_prune_only_workers_that_no_longer_exist(self, tmp_path: pathlib.Path) -> None:
+        """A pid that does not exist loses its live gauges; a live one keeps them."""
+        gone = self.dead_pid()
+        dead = self.live_gauge(tmp_path, gone)
+        alive = self.live_gauge(tmp_path, os.getpid())
+        assert prune_dead_workers(str(tmp_path)) == [gone]
+        assert not dead.exists()
+        assert alive.exists()
