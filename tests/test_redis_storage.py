@@ -237,19 +237,53 @@ class TestFleetTrial:
         assert fleet[1].call(ok) == "ok"
         assert fleet[0].call(ok) == "ok"
 
-    def test_a_stale_close_from_a_non_holder_is_ignored(
-        self, url: str, redis_server: str, clock: time_machine.Coordinates
+    @pytest.mark.parametrize(
+        "op",
+        [
+            pytest.param("c", id="close"),
+            pytest.param("o:{later}", id="reopen-later"),
+            pytest.param("f", id="failure"),
+        ],
+    )
+    def test_stale_writes_from_a_non_holder_change_nothing(
+        self, url: str, redis_server: str, clock: time_machine.Coordinates, op: str
     ) -> None:
-        """Only the lease holder can close the shared breaker."""
+        """Only the lease holder closes or re-times an open breaker; failures add nothing."""
         fleet = self.open_fleet(url, 1)
         raw = redis.Redis(unix_socket_path=redis_server)
+        before = raw.hgetall("fleet:{scorer}")
         script = raw.register_script(SCRIPT)
-        now = f"{time.time():.6f}"
-        state = script(
-            keys=["fleet:{scorer}", "fleet:{scorer}:trial"], args=["x", 5, 1, now, "0", "c"]
+        now = time.time()
+        reply = script(
+            keys=["fleet:{scorer}", "fleet:{scorer}:trial"],
+            args=["not-the-holder", 5, 1000, f"{now:.6f}", "0", op.format(later=now + 10)],
         )
-        assert state[0] == b"open"
-        assert fleet[0].state == "open"
+        assert reply[0] == b"open"
+        assert raw.hgetall("fleet:{scorer}") == before
+        assert fleet[0].retry_after() == pytest.approx(RESET)
+
+
+class TestUnknownState:
+    def test_an_unknown_shared_state_fails_closed_until_a_trial_repairs_it(
+        self,
+        url: str,
+        redis_server: str,
+        clock: time_machine.Coordinates,
+        events: list[Event],
+    ) -> None:
+        """A garbage state in Redis counts as open, is reported, and a trial writes closed."""
+        raw = redis.Redis(unix_socket_path=redis_server)
+        raw.hset("fleet:{scorer}", "state", "bogus")
+        breaker = member(url)
+        calls: list[int] = []
+        with pytest.raises(CircuitOpenError):
+            breaker.call(calls.append, 1)
+        assert calls == []
+        problems = [e.problem for e in events if isinstance(e, BreakerStorageFailed)]
+        assert problems == ["unknown_state"]
+        clock.shift(RESET + 1)
+        assert breaker.call(ok) == "ok"
+        assert raw.hget("fleet:{scorer}", "state") == b"closed"
 
 
 class TestRedisUnavailable:
