@@ -17,9 +17,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeoutError
@@ -146,7 +148,8 @@ class SharedStorage(pybreaker.CircuitBreakerStorage):
         self._counter = 0
         self._success_counter = 0
         self._opened_at: datetime | None = None
-        self._worker = _Worker(f"clarity-breaker-storage:{name}")
+        self._worker_name = f"clarity-breaker-storage:{name}"
+        self._worker = _Worker(self._worker_name)
         # Guards the fields below; held only for memory operations, never across I/O.
         self._lock = threading.Lock()
         self._pending: collections.deque[_Op] = collections.deque(maxlen=_MAX_PENDING)
@@ -155,6 +158,17 @@ class SharedStorage(pybreaker.CircuitBreakerStorage):
         self._down_until = 0.0
         self._unknown_since: datetime | None = None
         self._reported_states: set[str] = set()
+        # A fork (gunicorn --preload) copies this object but not its worker thread, nor
+        # the exchange it may have had in flight: the child starts afresh.
+        weak_self = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _after_fork(weak_self))
+
+    def _after_fork(self) -> None:
+        """Drop the parent's worker thread and in-flight exchange (in a forked child)."""
+        self._worker = _Worker(self._worker_name)
+        self._lock = threading.Lock()
+        self._in_flight = False
+        self._stuck = False
 
     # -- pybreaker's storage interface: the mirror, plus queued writes ------------------
 
@@ -333,6 +347,12 @@ class SharedStorage(pybreaker.CircuitBreakerStorage):
                 self._opened_at = opened_at
         if unknown is not None and first:
             self._report("unknown_state", "UnknownState", unknown)
+
+
+def _after_fork(weak_self: weakref.ref[SharedStorage]) -> None:
+    storage = weak_self()
+    if storage is not None:
+        storage._after_fork()
 
 
 def _type_name(exc: BaseException) -> str:

@@ -178,6 +178,11 @@ class RedisMirror(SharedStorage):
         """
         return self._lease or not self._available
 
+    def _after_fork(self) -> None:
+        super()._after_fork()
+        self._read_at = float("-inf")  # read the shared state at the child's first call
+        self._lease = False  # the parent's lease, under the parent's token
+
     def _fresh(self) -> bool:
         return not self._pending and self._clock() - self._read_at < self.max_staleness
 

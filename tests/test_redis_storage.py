@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import threading
 import time
@@ -261,6 +262,34 @@ class TestFleetTrial:
         assert reply[0] == b"open"
         assert raw.hgetall("fleet:{scorer}") == before
         assert fleet[0].retry_after() == pytest.approx(RESET)
+
+
+class TestFork:
+    def test_a_forked_worker_shares_the_breaker_built_before_the_fork(
+        self, url: str, redis_server: str
+    ) -> None:
+        """A breaker built before a fork (gunicorn --preload) still talks to Redis in the child."""
+        import os
+        import warnings
+
+        breaker = member(url, staleness=0.0)
+        assert breaker.call(ok) == "ok"  # the parent's worker thread is running
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads: on purpose
+            pid = os.fork()
+        if pid == 0:  # the child: five failures must reach Redis, then exit at once
+            code = 1
+            try:
+                for _ in range(5):
+                    with contextlib.suppress(Boom):
+                        breaker.call(boom)
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        raw = redis.Redis(unix_socket_path=redis_server)
+        assert raw.hget("fleet:{scorer}", "state") == b"open"
 
 
 class TestUnknownState:
