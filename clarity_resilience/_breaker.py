@@ -230,8 +230,11 @@ class Breaker:
         """Return the seconds until this breaker would admit a call (0.0 if it would now)."""
         self._refresh()
         state = self._storage.state
-        if state == OPEN:
+        if state == OPEN and (self._open_remaining() > 0 or self._may_trial()):
             return max(0.0, self._open_remaining())
+        if state in (OPEN, HALF_OPEN) and not self._may_trial():
+            # Another process holds the fleet's trial (RedisStorage's lease).
+            return min(_TRIAL_IN_FLIGHT_RETRY_AFTER, self._reset_seconds)
         if state == HALF_OPEN and self._trials >= self.half_open_permits:
             return min(_TRIAL_IN_FLIGHT_RETRY_AFTER, self._reset_seconds)
         return 0.0

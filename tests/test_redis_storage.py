@@ -232,8 +232,9 @@ class TestFleetTrial:
         holder = fleet[0]._shared
         assert holder is not None
         holder.sync()  # takes the lease, then "dies" before calling
-        with pytest.raises(CircuitOpenError):
+        with pytest.raises(CircuitOpenError) as info:
             fleet[1].call(ok)
+        assert info.value.retry_after == fleet[1].retry_after() == 1.0
         redis.Redis(unix_socket_path=redis_server).delete("fleet:{scorer}:trial")  # expired
         assert fleet[1].call(ok) == "ok"
         assert fleet[0].call(ok) == "ok"
