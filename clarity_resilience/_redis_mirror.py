@@ -11,7 +11,9 @@ script, atomically, with the rules that make a fleet agree:
   it for a fresh timeout only from the holder of the trial lease (a failed trial);
   anyone else's opening of an open breaker is already counted;
 * ``c`` (closed) applies only from the lease holder (a trial that succeeded);
-* half-open is never written: it is a local consequence of "open and timed out".
+* half-open is never written: it is a local consequence of "open and timed out";
+* ``C`` and ``O:<t>`` (an operator's reset and forced opening, :meth:`RedisMirror.force`)
+  apply unconditionally and drop any trial lease.
 
 In the same script, a caller about to make a call while the shared breaker is open and
 timed out takes the trial lease (``SET NX PX`` with the reset timeout as its lifetime)
@@ -63,6 +65,16 @@ for i = 6, #ARGV do
       redis.call('DEL', lease)
       holder = false
     end
+  elseif op == 'C' then
+    state = 'closed'
+    redis.call('HSET', key, 'state', 'closed', 'counter', 0)
+    redis.call('DEL', lease)
+    holder = false
+  elseif string.sub(op, 1, 2) == 'O:' then
+    state = 'open'
+    redis.call('HSET', key, 'state', 'open', 'opened_at', string.sub(op, 3))
+    redis.call('DEL', lease)
+    holder = false
   elseif string.sub(op, 1, 2) == 'o:' then
     if state == 'closed' or holder then
       state = 'open'
@@ -97,6 +109,10 @@ def _intentions(ops: tuple[_Op, ...]) -> list[str]:
             out.append(f"o:{value.timestamp():.6f}")
         elif name == "state" and value == "closed":
             out.append("c")
+        elif name == "force" and value == "closed":
+            out.append("C")
+        elif name == "force" and isinstance(value, datetime):
+            out.append(f"O:{value.timestamp():.6f}")
         # "state=open" comes with its opened_at; half-open and the success counter
         # stay local.
     return out
@@ -177,6 +193,29 @@ class RedisMirror(SharedStorage):
         is a local breaker and runs its own trials.
         """
         return self._lease or not self._available
+
+    def force(self, state: str, at: datetime | None = None) -> None:
+        """Queue an unconditional ``"closed"`` or ``"open"`` for the whole fleet.
+
+        For an operator's reset or forced opening: unlike the breaker's own writes, it
+        applies whoever holds the trial lease (and drops the lease). Sent by the next
+        exchange.
+
+        Args:
+            state: ``"closed"`` or ``"open"``.
+            at: The opening time for ``"open"`` (default: now).
+
+        Raises:
+            ValueError: Any other state.
+        """
+        if state == "closed":
+            op: _Op = ("force", "closed")
+        elif state == "open":
+            op = ("force", at if at is not None else datetime.now(UTC))
+        else:
+            raise ValueError(f"state must be 'closed' or 'open', got {state!r}")
+        with self._lock:
+            self._pending.append(op)
 
     def _after_fork(self) -> None:
         super()._after_fork()

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 
 import clarity_resilience as cr
 from clarity_resilience import Breaker, CircuitOpenError, RedisStorage
-from clarity_resilience._redis_mirror import SCRIPT
+from clarity_resilience._redis_mirror import SCRIPT, RedisMirror
 from clarity_resilience.instrumentation import BreakerStorageFailed, Event
 
 T0 = dt.datetime(2026, 11, 21, 12, 0, 0, tzinfo=dt.UTC)
@@ -263,6 +263,34 @@ class TestFleetTrial:
         assert reply[0] == b"open"
         assert raw.hgetall("fleet:{scorer}") == before
         assert fleet[0].retry_after() == pytest.approx(RESET)
+
+
+class TestForce:
+    def test_forced_states_apply_fleet_wide_whoever_holds_the_lease(
+        self, url: str, redis_server: str, clock: time_machine.Coordinates
+    ) -> None:
+        """An operator's reset closes the fleet's breaker; a forced opening opens it."""
+        a, b = member(url), member(url)
+        for _ in range(5):
+            fails(a)
+        clock.shift(RESET + 1)
+        assert b._shared is not None
+        b._shared.sync()  # b takes the trial lease
+        mirror = a._shared
+        assert isinstance(mirror, RedisMirror)
+        mirror.force("closed")
+        mirror.sync()
+        raw = redis.Redis(unix_socket_path=redis_server)
+        assert raw.hget("fleet:{scorer}", "state") == b"closed"
+        assert raw.exists("fleet:{scorer}:trial") == 0
+        assert b.call(ok) == "ok"
+        mirror.force("open")
+        mirror.sync()
+        with pytest.raises(CircuitOpenError) as info:
+            b.call(ok)
+        assert info.value.retry_after == pytest.approx(RESET)
+        with pytest.raises(ValueError):
+            mirror.force("half-open")
 
 
 class TestFork:
