@@ -15,6 +15,7 @@ from ._loading import load_verified, load_verified_files
 from ._manifest import Manifest, ManifestEntry
 from ._materialize import materialize
 from ._reasons import Reason
+from ._redis_storage import RedisStorage
 from ._signing import SignedManifest
 from .exceptions import (
     ChecksumMismatchError,
@@ -49,6 +50,7 @@ __all__ = [
     "OverloadedError",
     "PredictionTimeoutError",
     "Reason",
+    "RedisStorage",
     "SignedManifest",
     "SizeMismatchError",
     "__version__",

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar, overload
 
 from ._breaker_guard import BreakerGuard, sync_shielded
 from ._rate import RateWindow
+from ._redis_storage import RedisStorage  # light: imports redis only when one is built
 from .exceptions import CircuitOpenError, InvalidInputError, OverloadedError
 from .instrumentation import (
     BreakerOperatorAction,
@@ -109,15 +110,17 @@ class Breaker:
         reset_timeout: Seconds the breaker stays open before a trial call.
         half_open_permits: How many trial calls may run at once while half-open.
         exclude: Exception types or predicates whose outcomes are ignored.
-        storage: A pybreaker storage (e.g. ``pybreaker.CircuitRedisStorage``) to share
-            state between processes; in memory by default. Half-open permits are
-            counted per process. A given storage is never called under a lock or on
-            the event loop: see ``storage_timeout``.
+        storage: A :class:`RedisStorage` (one breaker for the whole fleet: shared
+            count, one trial), or a pybreaker storage (e.g.
+            ``pybreaker.CircuitRedisStorage``) to share state between processes; in
+            memory by default. Half-open permits are counted per process. A given
+            storage is never called under a lock or on the event loop: see
+            ``storage_timeout``.
         storage_timeout: Seconds a call waits for one exchange with ``storage`` (the
             queued writes and a read of the state, on a worker thread). On a timeout
             or error the failure is reported (``BreakerStorageFailed``), the breaker
             goes on from the state it last read, and the storage is left alone for a
-            second.
+            second. A ``RedisStorage`` uses its own ``timeout`` instead.
         registry: The Prometheus registry to record into (default registry if None).
         failure_rate: Rate mode: open when failures / calls in the window reaches this.
         minimum_calls: Rate mode: never open with fewer calls than this in the window.
@@ -138,7 +141,7 @@ class Breaker:
         reset_timeout: float = 60.0,
         half_open_permits: int = 1,
         exclude: Iterable[ExcludeSpec] = (),
-        storage: pybreaker.CircuitBreakerStorage | None = None,
+        storage: pybreaker.CircuitBreakerStorage | RedisStorage | None = None,
         storage_timeout: float = 0.25,
         registry: CollectorRegistry | None = None,
         failure_rate: float | None = None,
@@ -176,6 +179,17 @@ class Breaker:
         self._storage: pybreaker.CircuitBreakerStorage
         if storage is None:
             self._storage = pybreaker.CircuitMemoryStorage(CLOSED)
+        elif isinstance(storage, RedisStorage):
+            # Fleet-wide: atomic counting and one trial lease in Redis (_redis_mirror).
+            self._shared = storage.attach(
+                name=name,
+                fail_max=fail_max,
+                reset_timeout=float(reset_timeout),
+                retry_interval=_STORAGE_RETRY_SECONDS,
+                report=self._storage_failed,
+            )
+            self._shared.sync(trial=False)
+            self._storage = self._shared
         else:
             from ._breaker_storage import SharedStorage
 
@@ -270,8 +284,11 @@ class Breaker:
         state = self._storage.state
         if self._forced is not None:
             return FORCED_OPEN_RETRY_AFTER
-        if state == OPEN:
+        if state == OPEN and (self._open_remaining() > 0 or self._may_trial()):
             return max(0.0, self._open_remaining())
+        if state in (OPEN, HALF_OPEN) and not self._may_trial():
+            # Another process holds the fleet's trial (RedisStorage's lease).
+            return min(_TRIAL_IN_FLIGHT_RETRY_AFTER, self._reset_seconds)
         if state == HALF_OPEN and self._trials >= self.half_open_permits:
             return min(_TRIAL_IN_FLIGHT_RETRY_AFTER, self._reset_seconds)
         return 0.0
@@ -371,7 +388,7 @@ class Breaker:
 
     # -- admission and recording ----------------------------------------------------
 
-    def _admit(self) -> bool:
+    def _admit(self) -> bool:  # noqa: PLR0912 - the rejection hot path is inlined on purpose
         """Admit a call or raise :class:`CircuitOpenError`; return whether it is a trial."""
         state = self._storage.state
         seen = self._seen
@@ -400,11 +417,14 @@ class Breaker:
                     rejected = (OPEN, FORCED_OPEN_RETRY_AFTER)
                 elif remaining > 0:
                     rejected = (OPEN, remaining)
+                elif not self._may_trial():
+                    # Another process holds the fleet's one trial (RedisStorage's lease).
+                    rejected = (HALF_OPEN, min(_TRIAL_IN_FLIGHT_RETRY_AFTER, self._reset_seconds))
                 else:
                     self._cb.half_open()
                     state = self._observe()
             if rejected is None and state == HALF_OPEN:
-                if self._trials < self.half_open_permits:
+                if self._trials < self.half_open_permits and self._may_trial():
                     self._trials += 1
                     return True
                 rejected = (HALF_OPEN, min(_TRIAL_IN_FLIGHT_RETRY_AFTER, self._reset_seconds))
@@ -431,6 +451,10 @@ class Breaker:
                 self._reject(OPEN, remaining)
         elif state == HALF_OPEN and self._trials >= self.half_open_permits:
             self._reject(HALF_OPEN, min(_TRIAL_IN_FLIGHT_RETRY_AFTER, self._reset_seconds))
+
+    def _may_trial(self) -> bool:
+        """Return whether this process may run a trial (a fleet-wide lease, if shared)."""
+        return self._shared is None or self._shared.may_trial()
 
     def _reject(self, state: str, retry_after: float, forced: str | None = None) -> NoReturn:
         """Report a rejection (outside the lock) and raise :class:`CircuitOpenError`."""
@@ -543,6 +567,7 @@ class Breaker:
             old = self._observe()
             self._forced = reason
             self._cb.open()
+            self._force_shared("open")
             self._observe()
             self._emitter.emit(
                 BreakerOperatorAction(
@@ -558,6 +583,7 @@ class Breaker:
             forced = self._forced
             self._forced = None
             self._cb.close()
+            self._force_shared("closed")
             if self._window is not None:
                 self._window.reset()
             self._observe()
@@ -567,6 +593,16 @@ class Breaker:
                 )
             )
         self._flush()
+
+    def _force_shared(self, state: str) -> None:
+        """Queue an operator's state for the whole fleet (a shared RedisStorage).
+
+        RedisStorage applies it whoever holds the trial lease; the breaker's ordinary
+        writes would be ignored without the lease.
+        """
+        force = getattr(self._shared, "force", None)
+        if force is not None:
+            force(state)
 
     def _flush(self) -> None:
         """Send an operator's change to a shared storage (off the lock)."""
@@ -590,7 +626,7 @@ class Breaker:
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            shared.sync()
+            shared.sync(trial=False)
 
     def _storage_failed(self, problem: str, error_type: str, detail: str) -> None:
         self._emitter.emit(

@@ -17,9 +17,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeoutError
@@ -146,7 +148,8 @@ class SharedStorage(pybreaker.CircuitBreakerStorage):
         self._counter = 0
         self._success_counter = 0
         self._opened_at: datetime | None = None
-        self._worker = _Worker(f"clarity-breaker-storage:{name}")
+        self._worker_name = f"clarity-breaker-storage:{name}"
+        self._worker = _Worker(self._worker_name)
         # Guards the fields below; held only for memory operations, never across I/O.
         self._lock = threading.Lock()
         self._pending: collections.deque[_Op] = collections.deque(maxlen=_MAX_PENDING)
@@ -155,6 +158,17 @@ class SharedStorage(pybreaker.CircuitBreakerStorage):
         self._down_until = 0.0
         self._unknown_since: datetime | None = None
         self._reported_states: set[str] = set()
+        # A fork (gunicorn --preload) copies this object but not its worker thread, nor
+        # the exchange it may have had in flight: the child starts afresh.
+        weak_self = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _after_fork(weak_self))
+
+    def _after_fork(self) -> None:
+        """Drop the parent's worker thread and in-flight exchange (in a forked child)."""
+        self._worker = _Worker(self._worker_name)
+        self._lock = threading.Lock()
+        self._in_flight = False
+        self._stuck = False
 
     # -- pybreaker's storage interface: the mirror, plus queued writes ------------------
 
@@ -217,9 +231,18 @@ class SharedStorage(pybreaker.CircuitBreakerStorage):
 
     # -- exchanging with the shared storage -------------------------------------------
 
-    def sync(self) -> None:
-        """Send queued writes and read the shared state, waiting at most ``timeout``."""
-        future = self._begin()
+    def may_trial(self) -> bool:
+        """Return whether this process may run a half-open trial (always, here)."""
+        return True
+
+    def sync(self, *, trial: bool = True) -> None:
+        """Send queued writes and read the shared state, waiting at most ``timeout``.
+
+        Args:
+            trial: Whether a call follows (a fleet-wide storage may take the trial
+                lease for it); False for a mere look at the state.
+        """
+        future = self._begin(trial)
         if future is None:
             return
         try:
@@ -232,9 +255,9 @@ class SharedStorage(pybreaker.CircuitBreakerStorage):
             return
         self._accept(snapshot)
 
-    async def sync_async(self) -> None:
+    async def sync_async(self, *, trial: bool = True) -> None:
         """Like :meth:`sync`, awaiting the worker instead of blocking the event loop."""
-        future = self._begin()
+        future = self._begin(trial)
         if future is None:
             return
         try:
@@ -247,9 +270,15 @@ class SharedStorage(pybreaker.CircuitBreakerStorage):
             return
         self._accept(snapshot)
 
-    def _begin(self) -> Future[_Snapshot] | None:
+    def _fresh(self) -> bool:
+        """Return whether the state last read may still be served (lock held)."""
+        return False
+
+    def _begin(self, trial: bool = True) -> Future[_Snapshot] | None:
         """Start one exchange, or return None to go on from the mirror."""
         with self._lock:
+            if self._fresh():
+                return None  # read recently enough, and nothing to write
             if self._in_flight:
                 if not (self._stuck and time.time() >= self._down_until):
                     return None  # another caller's exchange is on its way: don't queue
@@ -266,11 +295,11 @@ class SharedStorage(pybreaker.CircuitBreakerStorage):
         if blocked:
             self._report("timeout", "TimeoutError", "an earlier storage call is still blocked")
             return None
-        future = self._worker.submit(lambda: self._exchange(ops))
+        future = self._worker.submit(lambda: self._exchange(ops, trial))
         future.add_done_callback(self._done)
         return future
 
-    def _exchange(self, ops: tuple[_Op, ...]) -> _Snapshot:
+    def _exchange(self, ops: tuple[_Op, ...], trial: bool = True) -> _Snapshot:
         """Run on the worker: apply the writes, then read state, counter and opened_at."""
         remote = self.remote
         for op in ops:
@@ -318,6 +347,12 @@ class SharedStorage(pybreaker.CircuitBreakerStorage):
                 self._opened_at = opened_at
         if unknown is not None and first:
             self._report("unknown_state", "UnknownState", unknown)
+
+
+def _after_fork(weak_self: weakref.ref[SharedStorage]) -> None:
+    storage = weak_self()
+    if storage is not None:
+        storage._after_fork()
 
 
 def _type_name(exc: BaseException) -> str:

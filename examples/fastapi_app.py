@@ -34,9 +34,9 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ConfigDict, Field
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
@@ -45,6 +45,7 @@ import linear_model
 import clarity_resilience as cr
 from clarity_resilience.degradation.asgi import DegradationMiddleware
 from clarity_resilience.degradation.fastapi import install, model_dependency
+from clarity_resilience.metrics import exposition
 
 DEFAULT_DIR = pathlib.Path(os.environ.get("CLARITY_MODEL_DIR", ".demo/model"))
 MAX_BODY_BYTES = 16 * 1024
@@ -132,8 +133,10 @@ def create_app(
         return JSONResponse({"promoted": True, "serving": linear_model.public_status(guard)})
 
     @app.get("/metrics", include_in_schema=False)
-    def metrics() -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    def metrics(request: Request) -> Response:
+        # Under uvicorn --workers with PROMETHEUS_MULTIPROC_DIR: every worker's samples.
+        body, content_type = exposition(registry, request.headers.get("accept"))
+        return Response(body, media_type=content_type)
 
     return app
 

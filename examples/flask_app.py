@@ -36,8 +36,8 @@ import pathlib
 import sys
 from typing import Any
 
-from flask import Flask, Response, jsonify
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from flask import Flask, Response, jsonify, request
+from prometheus_client import CollectorRegistry
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import linear_model
@@ -45,6 +45,7 @@ import linear_model
 import clarity_resilience as cr
 from clarity_resilience.degradation.flask import init_app, json_body
 from clarity_resilience.degradation.wsgi import DegradationMiddleware
+from clarity_resilience.metrics import exposition
 
 DEFAULT_DIR = pathlib.Path(os.environ.get("CLARITY_MODEL_DIR", ".demo/model"))
 MAX_BODY_BYTES = 16 * 1024
@@ -108,7 +109,9 @@ def create_app(
 
     @app.get("/metrics")
     def metrics() -> Response:
-        return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+        # Under gunicorn with PROMETHEUS_MULTIPROC_DIR: every worker's samples.
+        body, content_type = exposition(registry, request.headers.get("Accept"))
+        return Response(body, content_type=content_type)
 
     return app
 

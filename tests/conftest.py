@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 from collections.abc import Iterator
@@ -53,13 +54,30 @@ def sha256sum() -> str:
 @pytest.fixture
 def redis_server(tmp_path: pathlib.Path) -> Iterator[str]:
     """Start a real redis-server on a Unix socket in tmp_path; yield the socket path."""
+    socket_path = tmp_path / "redis.sock"
+    # No TCP port (nothing to collide with), no persistence: a throwaway server.
+    with _redis(["--port", "0", "--unixsocket", str(socket_path)], tmp_path):
+        yield str(socket_path)
+
+
+@pytest.fixture
+def redis_tcp(tmp_path: pathlib.Path) -> Iterator[int]:
+    """Start a real redis-server on a free 127.0.0.1 port (for FaultProxy); yield the port."""
+    import socket
+
+    with socket.socket() as probe:  # a free port; redis binds it right after
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with _redis(["--port", str(port), "--bind", "127.0.0.1"], tmp_path):
+        yield port
+
+
+@contextlib.contextmanager
+def _redis(listen: list[str], tmp_path: pathlib.Path) -> Iterator[None]:
     import subprocess
 
     binary = requirements.require_binary("redis-server")
-    socket_path = tmp_path / "redis.sock"
-    # No TCP port (nothing to collide with), no persistence: a throwaway server.
-    args = ["--port", "0", "--unixsocket", str(socket_path), "--dir", str(tmp_path)]
-    args += ["--save", "", "--appendonly", "no"]
+    args = [*listen, "--dir", str(tmp_path), "--save", "", "--appendonly", "no"]
     proc = subprocess.Popen(
         [binary, *args],
         stdout=subprocess.PIPE,
@@ -72,7 +90,7 @@ def redis_server(tmp_path: pathlib.Path) -> Iterator[str]:
                 break
         else:
             pytest.fail("redis-server exited before accepting connections")
-        yield str(socket_path)
+        yield
     finally:
         proc.terminate()
         proc.wait(timeout=10)

@@ -37,6 +37,7 @@ EXPECTED_ALERTS = {
     "ModelIntegrityFailure": {"critical"},
     "CircuitBreakerOpen": {"warning", "critical"},
     "CircuitBreakerFlapping": {"warning"},
+    "CircuitBreakerStorageFailing": {"warning"},
     "PredictionFailureRatioHigh": {"critical"},
     "ModelOverloaded": {"warning"},
     "ModelUnavailable": {"critical"},
@@ -48,6 +49,7 @@ EXPECTED_METRICS = {
     "prediction_failure_total",
     "circuit_breaker_state",
     "circuit_breaker_transitions_total",
+    "circuit_breaker_storage_failures_total",
     "model_integrity_failures_total",
     "model_load_duration_seconds_bucket",
 }
@@ -224,7 +226,7 @@ class TestRulesFile:
     def test_promtool_accepts_the_rules(self, promtool: str) -> None:
         """promtool check rules finds every rule of the packaged file valid."""
         output = run_promtool(promtool, "check", "rules", str(rules_path()))
-        assert "SUCCESS: 8 rules found" in output
+        assert "SUCCESS: 9 rules found" in output
 
     @pytest.mark.parametrize(
         ("alert", "severities"),

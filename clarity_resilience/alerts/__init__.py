@@ -26,6 +26,7 @@ _METRIC_NAME = re.compile(
     r"(?<![\w:])("
     r"(?:prediction_success_total|prediction_failure_total|circuit_breaker_state"
     r"|circuit_breaker_transitions_total|circuit_breaker_rejections_total"
+    r"|circuit_breaker_storage_failures_total"
     r"|model_integrity_failures_total"
     r"|(?:model_load|checksum_verification)_duration_seconds(?:_bucket|_count|_sum)?)"
     r")(?![\w:])"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from .._reasons import INTEGRITY_REASONS, REFUSAL_REASONS, Reason
 from ._events import (
@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 __all__ = ["BREAKER_STATES", "PrometheusOnEventHook", "prometheus_hook"]
 
 BREAKER_STATES = ("closed", "open", "half-open")
+#: How ``circuit_breaker_state`` aggregates across worker processes (docs/telemetry.md).
+STATE_MULTIPROCESS_MODE: Final = "liveall"
 _LOADER_REASONS = frozenset(REFUSAL_REASONS) - frozenset(INTEGRITY_REASONS)
 
 # Loading a large model from a slow disk or store can take minutes.
@@ -59,6 +61,10 @@ class _Metrics:
             "circuit_breaker_state",
             "1 for the breaker's current state, 0 for the others.",
             ["breaker", "state"],
+            # Under prometheus-client's multiprocess mode: one series per live worker
+            # (a ``pid`` label), so a dead worker's state vanishes with it and the alerts,
+            # which aggregate by (job, breaker), still see every live worker's state.
+            multiprocess_mode=STATE_MULTIPROCESS_MODE,
             **kw,
         )
         self.transitions = Counter(

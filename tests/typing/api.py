@@ -123,6 +123,13 @@ def breaker() -> None:
         pass
 
 
+def fleet_breaker() -> None:
+    storage = cr.RedisStorage("redis://127.0.0.1:6379/0", namespace="ranker", timeout=0.1)
+    b = cr.Breaker("ranker", storage=storage)
+    assert_type(b.state, str)
+    cr.RedisStorage(6379)  # type: ignore[arg-type]
+
+
 async def breaker_async() -> None:
     b = cr.Breaker("b")
 
