@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import shutil
+import subprocess
+import sys
 
 import nox
 
@@ -28,6 +31,35 @@ PYPROJECT = nox.project.load_toml("pyproject.toml")
 # ["3.11", "3.12", "3.13"]: the versions the classifiers claim are the versions tested.
 ALL_SUPPORTED = nox.project.python_versions(PYPROJECT)
 PYTHON = None  # the interpreter running nox, for jobs that do not depend on the version
+
+
+def _expose_pyenv_versions() -> None:
+    """Let pyenv's shims run every supported version, not only the selected ones.
+
+    With pyenv, `python3.12` is a shim that refuses to run unless a 3.12 is among the
+    selected versions (PYENV_VERSION, which pyenv's `python3` shim sets to itself).
+    Append the newest installed patch of each supported version that is not selected
+    yet; the first selected version stays `python3`. Without pyenv nothing changes.
+    """
+    if shutil.which("pyenv") is None:
+        return
+    listing = subprocess.run(
+        ["pyenv", "versions", "--bare"], capture_output=True, text=True, check=False
+    ).stdout.split()
+    installed = [v for v in listing if re.fullmatch(r"\d+\.\d+\.\d+", v)]
+    selected = [v for v in os.environ.get("PYENV_VERSION", "").split(":") if v]
+    if not selected:
+        running = "{}.{}.{}".format(*sys.version_info[:3])
+        selected = [running] if running in installed else []
+    for minor in ALL_SUPPORTED:
+        found = [v for v in installed if v.startswith(f"{minor}.")]
+        if found and not any(v.startswith(f"{minor}.") for v in selected):
+            selected.append(max(found, key=lambda v: int(v.rsplit(".", 1)[1])))
+    if selected:
+        os.environ["PYENV_VERSION"] = ":".join(selected)
+
+
+_expose_pyenv_versions()
 
 # Test modules that import no optional dependency, plus the tests of what a missing
 # extra does: `tests_no_extras` runs them with only the core dependencies installed. A
