@@ -6,6 +6,7 @@ import os
 import pathlib
 from collections.abc import Iterator
 
+import hypothesis
 import pytest
 import requirements
 from prometheus_client import CollectorRegistry
@@ -16,6 +17,11 @@ from clarity_resilience.testing import capture_events
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
+
+# Hypothesis fails an example that takes over 200 ms by default: a wall-clock bound that
+# a busy machine breaks ("DeadlineExceeded"). Properties are about results, not speed.
+hypothesis.settings.register_profile("clarity", deadline=None)
+hypothesis.settings.load_profile("clarity")
 
 #: Set by ``nox -s tests_no_extras``, which installs no optional dependency.
 NO_EXTRAS = os.environ.get("CLARITY_TEST_NO_EXTRAS") == "1"
