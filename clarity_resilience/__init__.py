@@ -6,6 +6,8 @@ and imports no web framework or optional model loader.
 
 from __future__ import annotations
 
+from importlib import metadata as _metadata
+
 from . import instrumentation, loaders
 from ._breaker import Breaker
 from ._files import read_verified_files
@@ -31,7 +33,8 @@ from .exceptions import (
     SizeMismatchError,
 )
 
-__version__ = "0.1.0"
+# One version string: pyproject.toml's, as installed.
+__version__ = _metadata.version("clarity-resilience")
 
 __all__ = [
     "Breaker",

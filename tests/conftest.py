@@ -7,6 +7,7 @@ import os
 import pathlib
 from collections.abc import Iterator
 
+import hypothesis
 import pytest
 import requirements
 from prometheus_client import CollectorRegistry
@@ -18,12 +19,31 @@ from clarity_resilience.testing import capture_events
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
+# Hypothesis fails an example that takes over 200 ms by default: a wall-clock bound that
+# a busy machine breaks ("DeadlineExceeded"). Properties are about results, not speed.
+hypothesis.settings.register_profile("clarity", deadline=None)
+hypothesis.settings.load_profile("clarity")
+
+#: Set by ``nox -s tests_no_extras``, which installs no optional dependency.
+NO_EXTRAS = os.environ.get("CLARITY_TEST_NO_EXTRAS") == "1"
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Under nox, refuse to run against the source tree instead of the installed wheel."""
     if os.environ.get("CLARITY_TEST_INSTALLED") == "1":
         source = pathlib.Path(clarity_resilience.__file__).resolve().parent
         if source == REPO / "clarity_resilience":
             raise pytest.UsageError(f"tests imported the checkout ({source}), not the wheel")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip ``no_extras`` tests where the extras are installed: their session runs them."""
+    if NO_EXTRAS:
+        return
+    skip = pytest.mark.skip(reason="needs the extras absent; nox -s tests_no_extras runs it")
+    for item in items:
+        if item.get_closest_marker("no_extras") is not None:
+            item.add_marker(skip)
 
 
 @pytest.fixture

@@ -306,7 +306,7 @@ class TestLatency:
             reader, writer = await connect(proxy)
             received, elapsed = await round_trip(reader, writer, b"ping")
             assert received == b"ping"
-            assert 0.149 <= elapsed < 1.5
+            assert elapsed >= 0.149  # a lower bound only: a busy machine only adds time
             await close(writer)
 
     @pytest.mark.asyncio
@@ -321,7 +321,8 @@ class TestLatency:
             reader, writer = await connect(proxy)
             for delay in expected:
                 _, elapsed = await round_trip(reader, writer, b"tick")
-                assert delay - 0.001 <= elapsed < delay + 0.5
+                # Another generator's draws would undershoot some of these bounds.
+                assert elapsed >= delay - 0.001
             await close(writer)
 
     @pytest.mark.asyncio
@@ -329,15 +330,21 @@ class TestLatency:
         """Adding and removing latency changes an already open connection."""
         async with FaultProxy("127.0.0.1", echo.port) as proxy:
             reader, writer = await connect(proxy)
-            _, before = await round_trip(reader, writer, b"a")
+            assert (await round_trip(reader, writer, b"a"))[0] == b"a"
             name = proxy.latency(250)
             _, during = await round_trip(reader, writer, b"b")
             proxy.remove_toxic(name)
-            _, after = await round_trip(reader, writer, b"c")
+            # Held for ten minutes unless removing the toxic releases it: no speed bound
+            # needed, round_trip gives up after 5 s.
+            hold = proxy.latency(600_000)
+            writer.write(b"c")
+            await writer.drain()
+            with pytest.raises(TimeoutError):  # held (a "not yet" check: load cannot break it)
+                await asyncio.wait_for(reader.readexactly(1), 0.2)
+            proxy.remove_toxic(hold)
+            assert await asyncio.wait_for(reader.readexactly(1), 5) == b"c"
             await close(writer)
-        assert before < 0.2
         assert during >= 0.249
-        assert after < 0.2
 
 
 class TestBandwidth:
@@ -351,7 +358,7 @@ class TestBandwidth:
             received, elapsed = await round_trip(reader, writer, payload)
             await close(writer)
         assert received == payload
-        assert 0.195 <= elapsed < 2.0
+        assert elapsed >= 0.195  # a lower bound only: a busy machine only adds time
 
 
 class TestTimeout:
@@ -504,9 +511,10 @@ class TestStop:
         for _, writer in clients:
             writer.write(b"x")
             await writer.drain()
-        started = time.perf_counter()
-        await proxy.stop()
-        assert time.perf_counter() - started < 2.0
+        # Blackholed connections would hang forever; "promptly" means far less than the
+        # test's timeout, with room for a busy machine (closing has a 1 s grace).
+        async with asyncio.timeout(20):
+            await proxy.stop()
         assert proxy.active_connections == 0
         for reader, writer in clients:
             assert await asyncio.wait_for(reader.read(10), 5) == b""

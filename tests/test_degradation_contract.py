@@ -10,6 +10,7 @@ or in its middleware list, Flask with ``init_app()``, and a bare WSGI app with
 from __future__ import annotations
 
 import hashlib
+import json
 import pathlib
 import threading
 from collections.abc import Iterator
@@ -280,7 +281,7 @@ BAD_INPUTS = [
     pytest.param(b'{"features": [[1, 2, 3]]}', "invalid", id="wrong-shape"),
     pytest.param(b'{"features": [[1, 2, 3, 4], [1]]}', "invalid", id="ragged"),
     pytest.param(
-        b'{"features": ' + b"[" * 5000 + b"]" * 5000 + b"}", "unparsable", id="deeply-nested"
+        b'{"features": ' + b"[" * 5000 + b"]" * 5000 + b"}", "nested", id="deeply-nested"
     ),
     pytest.param(
         b'{"features": [[' + b"9" * 5000 + b", 1, 2, 3]]}", "unparsable", id="huge-integer"
@@ -298,6 +299,15 @@ def service(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         yield running
 
 
+def _too_deep(body: bytes) -> bool:
+    """Return whether this interpreter's json module refuses ``body`` for its nesting."""
+    try:
+        json.loads(body)
+    except RecursionError:
+        return True
+    return False
+
+
 class TestBadInput:
     @pytest.mark.parametrize(("body", "problem"), BAD_INPUTS)
     def test_bad_input_is_4xx_problem(
@@ -309,6 +319,9 @@ class TestBadInput:
             "unparsable": stack.unparsable_status,
             "invalid": 422,
             "large": 413,
+            # CPython 3.11's json gives up on 5000 levels (unparsable); 3.12+ parses them,
+            # and the nested lists are then invalid features. Either way: a 4xx problem.
+            "nested": stack.unparsable_status if _too_deep(body) else 422,
         }[problem]
         response = service.client.post(
             "/predict", content=body, headers={"content-type": "application/json"}

@@ -16,6 +16,7 @@ import sys
 import tempfile
 import textwrap
 import threading
+import time
 import tracemalloc
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -477,8 +478,12 @@ class TestConcurrentModification:
         m = write_model(tmp_path / "model.safetensors", nbytes, seed=1)
         assert nbytes >= _hashing.PIPELINE_MIN or pipeline_min is None
         rng = random.Random(1234)
-        # Good bytes stay put for up to about the time one read takes.
-        writer = Writer(m, seed=4321, pause=nbytes / (1000 * MIB))
+        # Good bytes stay put for up to twice what one read takes on this machine
+        # now: measured, not assumed, since a busy machine reads far slower.
+        started = time.perf_counter()
+        assert cr.read_verified(m.path, sha256=m.sha256) == m.content
+        one_read = time.perf_counter() - started
+        writer = Writer(m, seed=4321, pause=max(nbytes / (1000 * MIB), 2 * one_read))
         corrupted: list[str] = []
         refused = verified = 0
 

@@ -343,7 +343,7 @@ class TestRetries:
             pytest.raises(IntegrityError) as info,
         ):
             source.fetch()
-        assert time.monotonic() - start < 5
+        assert time.monotonic() - start < 30  # far below the 60 s stall: no attempt waited it
         assert info.value.reason is Reason.TIMEOUT
         assert isinstance(info.value.__cause__, httpx.ReadTimeout)
         assert server.requests() == 2

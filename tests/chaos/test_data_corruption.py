@@ -23,7 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-pytestmark = [pytest.mark.chaos, pytest.mark.non_destructive, pytest.mark.timeout(30)]
+# A hang detector, not a speed bound: generous, so a busy machine never trips it.
+pytestmark = [pytest.mark.chaos, pytest.mark.non_destructive, pytest.mark.timeout(120)]
 
 
 GOOD = {"features": [0.5, -1.0, 2.0, 0.25]}
