@@ -87,9 +87,17 @@ class FsspecSource(CachedSource):
         version_id: S3 only: the object version to fetch.
         allow_unpinned_revision: ``hf://`` only: accept a branch or tag (or no revision)
             instead of a 40-hex commit hash. The digest still pins the bytes.
-        max_size, timeout, deadline, attempts, wait_initial, wait_max, wait_jitter,
-        model, registry, filename, lock_timeout: As for
-            :class:`~clarity_resilience.sources.HttpSource`.
+        max_size: As for :class:`~clarity_resilience.sources.HttpSource`.
+        timeout: As for ``HttpSource``.
+        deadline: As for ``HttpSource``.
+        attempts: As for ``HttpSource``.
+        wait_initial: As for ``HttpSource``.
+        wait_max: As for ``HttpSource``.
+        wait_jitter: As for ``HttpSource``.
+        model: As for ``HttpSource``.
+        registry: As for ``HttpSource``.
+        filename: As for ``HttpSource``.
+        lock_timeout: As for ``HttpSource``.
 
     Raises:
         ValueError: An unsupported or malformed URL, an unpinned Hub revision, a

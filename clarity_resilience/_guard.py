@@ -94,8 +94,9 @@ class ModelGuard(Predictor[M]):
             a manifest whose bytes differ is refused (``checksum_mismatch``).
         signature: An OMS signature file (``model.sig``) of the directory ``path``, read
             and authenticated at every load, instead of ``manifest``.
-        public_key, certificate_chain, identity, issuer: The signature's trust root, as
-            for :meth:`Manifest.from_signature`; built once, here.
+        public_key: The signature's trust root, as for
+            :meth:`Manifest.from_signature` (or ``certificate_chain``, or ``identity``
+            with ``issuer``); built once, here.
         entries: Load several files (``"*"``, a glob or names): the loader gets a
             read-only ``Mapping[str, bytes]``, only if every file matched.
         materialize_into: A private cache directory: the loader gets the

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
     from ._manifest import Manifest
 
-__all__ = ["DEFAULT_DEADLINE", "CachedSource", "FsspecSource", "HttpSource", "read_manifest"]
+__all__ = ["CachedSource", "DEFAULT_DEADLINE", "FsspecSource", "HttpSource", "read_manifest"]
 
 
 class HttpSource(CachedSource):
