@@ -102,7 +102,10 @@ def foreign_share(before: tuple[int, int] | None, elapsed: float) -> float:
 
 
 def measure(
-    candidates: dict[str, Callable[[], object]], repeat: int, retries: int = 3
+    candidates: dict[str, Callable[[], object]],
+    repeat: int,
+    retries: int = 3,
+    setup: Callable[[], object] | None = None,
 ) -> dict[str, Timing]:
     """Time each candidate ``repeat`` times, interleaved, after one untimed warm-up run each.
 
@@ -111,9 +114,12 @@ def measure(
     during which other processes used more than ``CONTENDED_SHARE`` of the CPUs, or
     which read more than ``COLD_READ_BYTES`` from storage, is retried up to ``retries``
     times. The result of each run is dropped after its clock stops, so freeing a large
-    model is not charged to the operation.
+    model is not charged to the operation. ``setup``, if given, runs before every run
+    (warm-up included) outside the clock, e.g. to remove what the run before wrote.
     """
     for fn in candidates.values():
+        if setup is not None:
+            setup()
         fn()
     timings = {name: Timing() for name in candidates}
     order = list(candidates)
@@ -123,6 +129,8 @@ def measure(
         for name in order:
             fn = candidates[name]
             for attempt in range(retries + 1):
+                if setup is not None:
+                    setup()
                 gc.collect()
                 ticks, read_before = _cpu_ticks(), storage_read_bytes()
                 start = time.perf_counter()

@@ -37,6 +37,20 @@ LABELS: dict[tuple[str, str], str] = {
     ("breaker", "open.ours_vs_pybreaker"): "rejection / pybreaker rejection",
     ("breaker", "threads.ours_vs_pybreaker"): "16 threads: calls/s / pybreaker's",
     ("http", "http.ratio_503_to_200"): "HTTP: 503 path / trivial 200, req/s",
+    (
+        "signing",
+        "load.guard_vs_model_signing_then_load_file",
+    ): "signed load / model_signing verify + load",
+    ("signing", "load.signature_check.under_5_ms"): "signature check alone, in ms",
+    (
+        "directories",
+        "parallel.parallel_vs_single_thread",
+    ): "read_verified_files speed-up, 2 threads",
+    (
+        "directories",
+        "memory.verified_vs_unverified_peak",
+    ): "4 shards peak RSS: verified / load_file",
+    ("directories", "materialize.materialize_vs_cp_r"): "materialize / cp -r",
 }
 
 MET, MISSED, INK, GRID = "#2e7d32", "#c62828", "#222222", "#dddddd"
