@@ -33,11 +33,11 @@ if TYPE_CHECKING:
     from numpy.typing import NDArray
 
 __all__ = [
+    "ShardIndexError",
     "auto",
     "detect",
     "numpy",
     "onnx",
-    "ShardIndexError",
     "safetensors",
     "safetensors_sharded",
     "safetensors_sharded_torch",
