@@ -15,7 +15,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ._reasons import Reason
 from ._safetensors import MAX_HEADER_SIZE
 from .exceptions import ModelLoadError
 
@@ -38,14 +37,9 @@ class ShardIndexError(ModelLoadError):
     """
 
     def __init__(
-        self,
-        message: str,
-        *,
-        file: str | None,
-        tensor: str | None = None,
-        reason: Reason | None = None,
+        self, message: str, *, file: str | None = None, tensor: str | None = None
     ) -> None:
-        super().__init__(message, reason=reason)
+        super().__init__(message)
         self.file = file
         self.tensor = tensor
 
@@ -221,4 +215,4 @@ def _load(shard: str, data: Any, load_shard: Callable[[Any], dict[str, _T]]) -> 
     try:
         return load_shard(data)
     except ModelLoadError as e:
-        raise ShardIndexError(f"shard {shard!r}: {e}", file=shard, reason=e.reason) from e
+        raise ShardIndexError(f"shard {shard!r}: {e}", file=shard) from e

@@ -448,6 +448,7 @@ class TestEndToEnd:
                 tmp_path, manifest, loader=loaders.safetensors_sharded, registry=registry
             )
         assert caught.value.reason is cr.Reason.LOAD_ERROR
+        assert isinstance(caught.value, loaders.ShardIndexError)
         (failed,) = [e for e in events if isinstance(e, ModelLoadFailed)]
         assert failed.reason is cr.Reason.LOAD_ERROR
 
