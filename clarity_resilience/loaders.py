@@ -21,10 +21,10 @@ import io
 import struct
 import warnings
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, overload
 
-from . import _npy, _safetensors
+from . import _npy, _safetensors, _sharded
 from ._reasons import Reason
 from .exceptions import ModelLoadError
 
@@ -33,11 +33,14 @@ if TYPE_CHECKING:
     from numpy.typing import NDArray
 
 __all__ = [
+    "ShardIndexError",
     "auto",
     "detect",
     "numpy",
     "onnx",
     "safetensors",
+    "safetensors_sharded",
+    "safetensors_sharded_torch",
     "safetensors_torch",
     "torch",
     "unsafe_joblib",
@@ -46,6 +49,11 @@ __all__ = [
 
 #: What every loader accepts: the verified bytes, or a view of them.
 BytesLike: TypeAlias = bytes | bytearray | memoryview
+
+#: What a multi-file loader accepts: relative path -> verified bytes.
+Files: TypeAlias = Mapping[str, BytesLike]
+
+ShardIndexError = _sharded.ShardIndexError
 
 _T = TypeVar("_T")
 
@@ -179,6 +187,77 @@ def safetensors_torch(
                 tensor = tensor.reshape(info.shape)
             tensors[name] = tensor.clone() if copy else tensor
     return tensors
+
+
+def _copying_files(load: Callable[..., _T], name: str) -> Callable[[Files], _T]:
+    """Return the multi-file ``load`` with ``copy=True`` bound, named for error messages."""
+
+    def loader(files: Files) -> _T:
+        return load(files, copy=True)
+
+    loader.__name__ = loader.__qualname__ = f"{name}(copy=True)"
+    return loader
+
+
+@overload
+def safetensors_sharded(files: Files, *, copy: bool = False) -> dict[str, NDArray[Any]]: ...
+@overload
+def safetensors_sharded(
+    files: None = None, *, copy: bool
+) -> Callable[[Files], dict[str, NDArray[Any]]]: ...
+def safetensors_sharded(
+    files: Files | None = None, *, copy: bool = False
+) -> dict[str, NDArray[Any]] | Callable[[Files], dict[str, NDArray[Any]]]:
+    """Load a sharded safetensors model (index + shards) into one dict of numpy arrays.
+
+    ``files`` is the read-only mapping ``ModelGuard(entries=...)`` and
+    :func:`~clarity_resilience.load_verified_files` hand a loader. The index is
+    ``model.safetensors.index.json`` (else the only ``*.safetensors.index.json``); shard
+    names in its ``weight_map`` are relative to the index's directory. Without an index,
+    exactly one ``*.safetensors`` file is loaded as the whole model. Each shard is
+    loaded as by :func:`safetensors` (read-only views; ``copy=True`` for private
+    copies, directly or as ``loader=loaders.safetensors_sharded(copy=True)``).
+
+    Raises:
+        ShardIndexError: (a :class:`ModelLoadError`) a malformed index, a shard it names
+            that is missing, a tensor its shard does not hold, a tensor in two shards, a
+            tensor or ``*.safetensors`` file the index does not mention, or an invalid
+            shard.
+    """
+    if files is None:
+        return (
+            _copying_files(safetensors_sharded, "safetensors_sharded")
+            if copy
+            else (safetensors_sharded)
+        )
+    return _sharded.join(files, lambda data: safetensors(data, copy=copy))
+
+
+@overload
+def safetensors_sharded_torch(files: Files, *, copy: bool = False) -> dict[str, Any]: ...
+@overload
+def safetensors_sharded_torch(
+    files: None = None, *, copy: bool
+) -> Callable[[Files], dict[str, Any]]: ...
+def safetensors_sharded_torch(
+    files: Files | None = None, *, copy: bool = False
+) -> dict[str, Any] | Callable[[Files], dict[str, Any]]:
+    """Load a sharded safetensors model into one dict of CPU ``torch.Tensor`` objects.
+
+    Checked as :func:`safetensors_sharded`; each shard is loaded as by
+    :func:`safetensors_torch` (views of the verified buffers; ``copy=True`` clones).
+    Requires the ``torch`` extra.
+
+    Raises:
+        ShardIndexError: As :func:`safetensors_sharded`.
+    """
+    if files is None:
+        return (
+            _copying_files(safetensors_sharded_torch, "safetensors_sharded_torch")
+            if copy
+            else safetensors_sharded_torch
+        )
+    return _sharded.join(files, lambda data: safetensors_torch(data, copy=copy))
 
 
 @overload

@@ -6,6 +6,9 @@ digest the serving code pins, then serves it with :class:`clarity_resilience.Mod
 
 - ``entries="*"``: every listed file is read once and verified (in parallel), and the
   loader gets them together as a read-only mapping, or not at all;
+- ``loader=cr.loaders.safetensors_sharded``: the index and the shards must agree exactly
+  (no missing shard, no tensor missing from its shard or held by two); the model is
+  one dict of read-only arrays viewing the verified bytes;
 - ``manifest_sha256=``: the manifest is trusted because its digest comes from the
   serving code's configuration, not from the directory it describes;
 - ``warmup=``: each new version runs one forward pass before it is promoted; a version
@@ -20,7 +23,8 @@ import json
 import pathlib
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -33,7 +37,7 @@ INDEX = "model.safetensors.index.json"
 SHARDS = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")
 N_FEATURES, N_HIDDEN = 4, 8
 
-Model = dict[str, NDArray[np.float32]]
+Model = dict[str, NDArray[Any]]
 
 
 def publish(directory: pathlib.Path, *, seed: int, poison: bool = False) -> str:
@@ -61,22 +65,6 @@ def publish(directory: pathlib.Path, *, seed: int, poison: bool = False) -> str:
     manifest = directory.with_suffix(".json")
     cr.Manifest.build(directory, version=directory.name).write(manifest, format="json")
     return hashlib.sha256(manifest.read_bytes()).hexdigest()
-
-
-def load_shards(files: Mapping[str, bytes]) -> Model:
-    """Build one model from verified shards, as the index maps tensors to shards.
-
-    Raises:
-        ValueError: The index names a shard that is missing, or a tensor its shard lacks.
-    """
-    weight_map: dict[str, str] = json.loads(files[INDEX])["weight_map"]
-    shards = {name: cr.loaders.safetensors(files[name]) for name in set(weight_map.values())}
-    model: Model = {}
-    for tensor, shard in weight_map.items():
-        if tensor not in shards[shard]:
-            raise ValueError(f"the index puts {tensor} in {shard}, which does not hold it")
-        model[tensor] = shards[shard][tensor]
-    return model
 
 
 def predict(model: Model, features: Sequence[float]) -> float:
@@ -107,7 +95,7 @@ def make_guard(
         manifest=directory.with_suffix(".json"),
         manifest_sha256=manifest_sha256,
         entries="*",
-        loader=load_shards,
+        loader=cr.loaders.safetensors_sharded,
         warmup=warm_up,
         warmup_timeout=30.0,
         registry=registry,

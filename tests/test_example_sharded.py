@@ -55,12 +55,13 @@ class TestShardedExample:
         assert caught.value.path == str(directory.with_suffix(".json"))
 
     def test_loader_refuses_an_inconsistent_index(self, tmp_path: pathlib.Path) -> None:
-        """An index that puts a tensor in the wrong shard is a load error, not a model."""
+        """An index that puts tensors in the wrong shards is a load error, not a model."""
         directory = tmp_path / "v1"
         sharded_model.publish(directory, seed=1)
         files = {p.name: p.read_bytes() for p in directory.iterdir()}
         index = json.loads(files[sharded_model.INDEX])
+        index["weight_map"]["output.weight"] = sharded_model.SHARDS[0]  # the shards swapped
         index["weight_map"]["hidden.weight"] = sharded_model.SHARDS[1]
         files[sharded_model.INDEX] = json.dumps(index).encode()
-        with pytest.raises(ValueError, match="does not hold it"):
-            sharded_model.load_shards(files)
+        with pytest.raises(cr.ModelLoadError, match="does not hold it"):
+            cr.loaders.safetensors_sharded(files)
