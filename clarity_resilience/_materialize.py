@@ -303,7 +303,10 @@ def _clone_hashing(opened: _hashing.Opened, target: str, length: int) -> str | N
     finally:
         os.close(out)
     if not cloned:
-        os.unlink(target)  # the fallback creates it again (O_EXCL)
+        # The fallback creates it again (O_EXCL): if it cannot be removed, that fails
+        # as a typed io_error.
+        with contextlib.suppress(OSError):
+            os.unlink(target)
         return None
     clone = _hashing.open_regular(target, name=opened.name)
     try:
