@@ -37,6 +37,7 @@ LABELS: dict[tuple[str, str], str] = {
     ("breaker", "open.ours_vs_pybreaker"): "rejection / pybreaker rejection",
     ("breaker", "threads.ours_vs_pybreaker"): "16 threads: calls/s / pybreaker's",
     ("http", "http.ratio_503_to_200"): "HTTP: 503 path / trivial 200, req/s",
+    ("s3", "fetch.verified_vs_s3fs_get"): "S3: verified fetch / plain s3fs get",
 }
 
 MET, MISSED, INK, GRID = "#2e7d32", "#c62828", "#222222", "#dddddd"
