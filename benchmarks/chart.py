@@ -51,6 +51,7 @@ LABELS: dict[tuple[str, str], str] = {
         "memory.verified_vs_unverified_peak",
     ): "4 shards peak RSS: verified / load_file",
     ("directories", "materialize.materialize_vs_cp_r"): "materialize / cp -r",
+    ("s3", "fetch.verified_vs_s3fs_get"): "S3: verified fetch / plain s3fs get",
 }
 
 MET, MISSED, INK, GRID = "#2e7d32", "#c62828", "#222222", "#dddddd"

@@ -11,8 +11,15 @@ very bytes it writes, and returns the snapshot's path only if every file matched
 - Files are built in ``into/.partial-*/`` (``O_EXCL``, ``fsync``), then the whole
   directory is renamed into place and ``into`` is ``fsync``-ed: a crash leaves nothing
   that looks complete, and a concurrent builder's finished snapshot wins.
-- The source can change during or after the copy: what was hashed is what was written,
-  and nobody else can write the snapshot.
+- Each file is first cloned (``FICLONE``: a copy-on-write reflink, on btrfs, XFS,
+  bcachefs...) and the *clone* is then read back and hashed: later writes to the source
+  never reach a reflink, so the snapshot holds exactly what was hashed. Where the
+  filesystem cannot clone (ext4, tmpfs, across filesystems) the file is read once,
+  hashed, and the very same bytes are written. ``copy_file_range`` is not used: on ext4
+  it is an in-kernel copy, and hashing its result needs a second read, which measured
+  no faster than the single read-hash-write pass.
+- The source can change during or after the copy: what was hashed is what the snapshot
+  holds, and nobody else can write the snapshot.
 - A second call re-verifies the existing snapshot before returning it; one that was
   edited is audited, removed and built again from the (verified) source.
 """
@@ -21,15 +28,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import os
-import pathlib
 import shutil
 import stat
+import sys
 import tempfile
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from . import _hashing
 from ._files import Entries, select_entries
@@ -43,7 +51,23 @@ from .instrumentation import Emitter
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-__all__ = ["materialize"]
+if sys.platform == "win32":
+    from pathlib import WindowsPath as _ConcretePath
+else:
+    from pathlib import PosixPath as _ConcretePath
+
+__all__ = ["Snapshot", "materialize"]
+
+#: How a snapshot's files got there: cloned (reflink), copied through this process,
+#: both (some files each), or an existing verified snapshot was reused.
+CopyMethod = Literal["reflink", "copy", "mixed", "reused"]
+
+#: ``ioctl(dst, FICLONE, src)`` (linux/fs.h): share the source's extents copy-on-write.
+FICLONE = 0x40049409
+#: What an ioctl answers when this filesystem (or this pair of files) cannot clone.
+_NO_CLONE = frozenset(
+    {errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EINVAL, errno.ENOTTY, errno.ENOSYS}
+)
 
 _CHUNK = 1024 * 1024
 _DIR_MODE = 0o700
@@ -58,6 +82,20 @@ _WRITE_FLAGS = (
 )
 
 
+class Snapshot(_ConcretePath):
+    """The path of a verified snapshot, with how its files were made (``method``)."""
+
+    #: ``"reflink"``, ``"copy"``, ``"mixed"`` or ``"reused"`` (paths derived from a
+    #: snapshot, such as ``snapshot / "config.json"``, say ``"reused"``).
+    method: CopyMethod = "reused"
+
+
+def _snapshot(path: str, method: CopyMethod) -> Snapshot:
+    snapshot = Snapshot(path)
+    snapshot.method = method
+    return snapshot
+
+
 def materialize(
     directory: str | os.PathLike[str],
     *,
@@ -68,7 +106,7 @@ def materialize(
     workers: int | None = None,
     model: str = UNNAMED,
     registry: CollectorRegistry | None = None,
-) -> pathlib.Path:
+) -> Snapshot:
     """Copy the listed files into a private verified snapshot and return its path.
 
     Args:
@@ -83,7 +121,10 @@ def materialize(
         registry: The Prometheus registry to record into.
 
     Returns:
-        The snapshot directory: every selected file, verified, at its listed path.
+        The snapshot directory (a ``pathlib.Path``): every selected file, verified, at its
+        listed path. Its ``method`` says how the files were made: ``"reflink"`` (cloned,
+        then the clone hashed), ``"copy"`` (read, hashed, written), ``"mixed"`` or
+        ``"reused"`` (an existing snapshot, re-verified).
 
     Raises:
         IntegrityError: A file did not match (audited and counted), or ``into`` is not a
@@ -96,7 +137,7 @@ def materialize(
     final = os.path.join(cache, key)
     selected = Manifest((manifest.entries[name] for name in names), version=manifest.version)
     if os.path.lexists(final) and _still_valid(selected, final, model, registry):
-        return pathlib.Path(final)
+        return _snapshot(final, "reused")
     partial = tempfile.mkdtemp(prefix=_PARTIAL, dir=cache)
     try:
         job = _Job(
@@ -106,7 +147,7 @@ def materialize(
             model,
             emitter,
         )
-        _copy_all(job, selected, workers)
+        methods = _copy_all(job, selected, workers)
         _seal(partial)
         try:
             os.rename(partial, final)
@@ -115,11 +156,13 @@ def materialize(
             if not _still_valid(selected, final, model, registry):
                 raise
             shutil.rmtree(partial, ignore_errors=True)
+            methods = {"reused"}
         _fsync_directory(cache)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    return pathlib.Path(final)
+    method: CopyMethod = "mixed" if len(methods) > 1 else next(iter(methods), "copy")
+    return _snapshot(final, method)
 
 
 def _snapshot_key(manifest: Manifest, names: Iterable[str]) -> str:
@@ -185,7 +228,8 @@ class _Job:
     emitter: Emitter
 
 
-def _copy_all(job: _Job, manifest: Manifest, workers: int | None) -> None:
+def _copy_all(job: _Job, manifest: Manifest, workers: int | None) -> set[CopyMethod]:
+    """Copy and verify every file; return the methods used (empty for no files)."""
     names = list(manifest.entries)
     for name in names:  # directories first, so the copies can run in any order
         parent = os.path.dirname(os.path.join(job.partial, *name.split("/")))
@@ -197,21 +241,87 @@ def _copy_all(job: _Job, manifest: Manifest, workers: int | None) -> None:
     failures = [e for e in errors if e is not None]
     if failures:
         raise failures[0]
+    return {r.result() for r in results}
 
 
-def _copy_one(job: _Job, name: str, entry: ManifestEntry) -> None:
+def _copy_one(job: _Job, name: str, entry: ManifestEntry) -> CopyMethod:
     attempt = Attempt(job.model, emitter=job.emitter)
     shown = os.path.join(job.source, *name.split("/"))
+    method: CopyMethod = "reflink"
     with attempt.checking(shown):
         opened = _hashing.open_below(job.source, name, symlink_root=job.symlink_root)
         try:
             length = _hashing.check_size(opened, entry.size, None)
             target = os.path.join(job.partial, *name.split("/"))
-            actual = _copy_hashing(opened, target, length)
+            actual = _clone_hashing(opened, target, length)
+            if actual is None:
+                method = "copy"
+                actual = _copy_hashing(opened, target, length)
         finally:
             opened.close()
         _hashing.compare(shown, actual, entry.sha256)
     attempt.check_passed(shown, length)
+    return method
+
+
+def _clone(src_fd: int, dst_fd: int) -> bool:
+    """Reflink ``src_fd`` into ``dst_fd``; return False if the filesystem cannot clone."""
+    import fcntl  # POSIX only: imported here so the module imports everywhere
+
+    try:
+        fcntl.ioctl(dst_fd, FICLONE, src_fd)
+    except OSError as e:
+        if e.errno in _NO_CLONE:
+            return False
+        raise
+    return True
+
+
+def _clone_hashing(opened: _hashing.Opened, target: str, length: int) -> str | None:
+    """Reflink the source to ``target``, then hash the clone; None if it cannot clone.
+
+    The digest is that of the clone read back, never of the source: a reflink is
+    copy-on-write, so later writes to the source cannot reach it, and what was hashed
+    is what the snapshot holds even if the source changed during the clone.
+    """
+    if sys.platform == "win32":
+        return None
+    out = _create(target)
+    cloned = False
+    try:
+        try:
+            cloned = _clone(opened.fd, out)
+            if cloned:
+                os.fchmod(out, _FILE_MODE)
+                os.fsync(out)
+        except OSError as e:
+            raise IntegrityError(
+                f"{opened.name} could not be cloned: {e.strerror}",
+                path=opened.name,
+                reason=Reason.IO_ERROR,
+            ) from e
+    finally:
+        os.close(out)
+    if not cloned:
+        # The fallback creates it again (O_EXCL): if it cannot be removed, that fails
+        # as a typed io_error.
+        with contextlib.suppress(OSError):
+            os.unlink(target)
+        return None
+    clone = _hashing.open_regular(target, name=opened.name)
+    try:
+        return _hashing.hash_fd(clone, length)
+    finally:
+        clone.close()
+
+
+def _create(target: str) -> int:
+    try:
+        return os.open(target, _WRITE_FLAGS, 0o600)
+    except OSError as e:
+        raise IntegrityError(
+            f"{target} cannot be created: {e.strerror}", path=target, reason=Reason.IO_ERROR
+        ) from e
 
 
 def _copy_hashing(opened: _hashing.Opened, target: str, length: int) -> str:
@@ -222,12 +332,7 @@ def _copy_hashing(opened: _hashing.Opened, target: str, length: int) -> str:
     """
     hasher = hashlib.sha256()
     buffer = memoryview(bytearray(min(_CHUNK, max(length, 1))))
-    try:
-        out = os.open(target, _WRITE_FLAGS, 0o600)
-    except OSError as e:
-        raise IntegrityError(
-            f"{target} cannot be created: {e.strerror}", path=target, reason=Reason.IO_ERROR
-        ) from e
+    out = _create(target)
     try:
         total = 0
         while got := os.readv(opened.fd, [buffer]):

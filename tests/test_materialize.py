@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import os
 import pathlib
@@ -45,6 +47,20 @@ def leftovers(cache: pathlib.Path) -> list[str]:
     return sorted(p.name for p in cache.iterdir()) if cache.exists() else []
 
 
+@pytest.fixture
+def no_reflink(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Force the read-hash-write path, whatever the filesystem under tmp_path can do."""
+    monkeypatch.setattr(_materialize, "_clone", lambda src_fd, dst_fd: False)
+
+
+def copy_fd(src_fd: int, dst_fd: int) -> bool:
+    """Stand in for a reflink: copy the whole source into the destination."""
+    os.lseek(src_fd, 0, os.SEEK_SET)
+    while data := os.read(src_fd, 65536):
+        os.write(dst_fd, data)
+    return True
+
+
 class TestMaterialize:
     def test_snapshot_holds_exactly_the_verified_files(
         self, model_dir: pathlib.Path, manifest: cr.Manifest, cache: pathlib.Path
@@ -68,6 +84,7 @@ class TestMaterialize:
         (model_dir / "config.json").write_bytes(b'{"layers": 666}')
         assert contents(snapshot) == FILES
 
+    @pytest.mark.usefixtures("no_reflink")
     def test_source_rewritten_during_the_copy_is_refused(
         self,
         model_dir: pathlib.Path,
@@ -109,6 +126,7 @@ class TestMaterialize:
         ]
         assert leftovers(cache) == []
 
+    @pytest.mark.usefixtures("no_reflink")
     def test_interrupted_copy_leaves_nothing_that_looks_complete(
         self,
         model_dir: pathlib.Path,
@@ -215,3 +233,175 @@ class TestMaterialize:
         assert contents(private) == FILES
         assert not any(p.is_symlink() for p in private.rglob("*"))
         assert os.path.realpath(private) == str(private)
+
+
+class TestFastPaths:
+    @pytest.mark.parametrize(
+        "code",
+        [errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY],
+        ids=errno.errorcode.get,
+    )
+    def test_a_filesystem_that_cannot_clone_falls_back_to_copying(
+        self,
+        model_dir: pathlib.Path,
+        manifest: cr.Manifest,
+        cache: pathlib.Path,
+        monkeypatch: pytest.MonkeyPatch,
+        code: int,
+    ) -> None:
+        """FICLONE is tried on every file; "cannot clone here" means read, hash, write."""
+        calls: list[tuple[int, int, int]] = []
+
+        def refuse(fd: int, request: int, arg: int) -> int:
+            calls.append((fd, request, arg))
+            raise OSError(code, os.strerror(code))
+
+        monkeypatch.setattr(fcntl, "ioctl", refuse)
+        snapshot = cr.materialize(model_dir, manifest=manifest, into=cache)
+        assert snapshot.method == "copy"
+        assert contents(snapshot) == FILES
+        assert len(calls) == len(FILES)
+        assert {request for _, request, _ in calls} == {0x40049409}
+        assert leftovers(cache) == [snapshot.name]
+
+    def test_copy_path_is_reported(
+        self, model_dir: pathlib.Path, manifest: cr.Manifest, cache: pathlib.Path
+    ) -> None:
+        """Without a reflink the snapshot says it was copied; a reuse says so too."""
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(_materialize, "_clone", lambda src_fd, dst_fd: False)
+            first = cr.materialize(model_dir, manifest=manifest, into=cache)
+        assert first.method == "copy"
+        again = cr.materialize(model_dir, manifest=manifest, into=cache)
+        assert again == first
+        assert again.method == "reused"
+
+    def test_a_clone_is_used_and_hashed(
+        self,
+        model_dir: pathlib.Path,
+        manifest: cr.Manifest,
+        cache: pathlib.Path,
+        monkeypatch: pytest.MonkeyPatch,
+        events: list[Event],
+    ) -> None:
+        """When the filesystem clones, nothing is copied through the process."""
+
+        def no_copy(*_: Any) -> str:
+            raise AssertionError("copied although the clone worked")
+
+        monkeypatch.setattr(_materialize, "_clone", copy_fd)
+        monkeypatch.setattr(_materialize, "_copy_hashing", no_copy)
+        snapshot = cr.materialize(model_dir, manifest=manifest, into=cache)
+        assert snapshot.method == "reflink"
+        assert contents(snapshot) == FILES
+        for path in snapshot.rglob("*"):
+            if path.is_file():
+                assert stat.S_IMODE(path.stat().st_mode) == 0o444, path
+        assert not [e for e in events if isinstance(e, IntegrityCheckFailed)]
+
+    def test_what_the_clone_holds_is_hashed_not_the_source(
+        self,
+        model_dir: pathlib.Path,
+        manifest: cr.Manifest,
+        cache: pathlib.Path,
+        monkeypatch: pytest.MonkeyPatch,
+        registry: CollectorRegistry,
+    ) -> None:
+        """A clone whose content differs from the (intact) source is refused and audited."""
+
+        def wrong_clone(src_fd: int, dst_fd: int) -> bool:
+            if os.readlink(f"/proc/self/fd/{src_fd}").endswith("config.json"):
+                os.write(dst_fd, b"X" * os.fstat(src_fd).st_size)  # same size, other bytes
+                return True
+            return copy_fd(src_fd, dst_fd)
+
+        monkeypatch.setattr(_materialize, "_clone", wrong_clone)
+        with pytest.raises(cr.ChecksumMismatchError):
+            cr.materialize(model_dir, manifest=manifest, into=cache, model="m", registry=registry)
+        assert leftovers(cache) == []
+        failed = registry.get_sample_value(
+            "model_integrity_failures_total", {"model": "m", "reason": "checksum_mismatch"}
+        )
+        assert failed == 1
+
+    def test_a_clone_of_another_length_is_refused(
+        self,
+        model_dir: pathlib.Path,
+        manifest: cr.Manifest,
+        cache: pathlib.Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """A clone longer than the listed size (the source grew) is refused."""
+
+        def longer_clone(src_fd: int, dst_fd: int) -> bool:
+            copy_fd(src_fd, dst_fd)
+            os.write(dst_fd, b"appended")
+            return True
+
+        monkeypatch.setattr(_materialize, "_clone", longer_clone)
+        with pytest.raises(cr.SizeMismatchError):
+            cr.materialize(model_dir, manifest=manifest, into=cache)
+        assert leftovers(cache) == []
+
+    def test_a_clone_failing_otherwise_is_an_audited_io_error(
+        self,
+        model_dir: pathlib.Path,
+        manifest: cr.Manifest,
+        cache: pathlib.Path,
+        monkeypatch: pytest.MonkeyPatch,
+        events: list[Event],
+    ) -> None:
+        """Only "cannot clone here" falls back; a real I/O error fails closed."""
+
+        def broken(fd: int, request: int, arg: int) -> int:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+        monkeypatch.setattr(fcntl, "ioctl", broken)
+        with pytest.raises(cr.IntegrityError) as info:
+            cr.materialize(model_dir, manifest=manifest, into=cache)
+        assert info.value.reason is cr.Reason.IO_ERROR
+        assert cr.Reason.IO_ERROR in [
+            e.reason for e in events if isinstance(e, IntegrityCheckFailed)
+        ]
+        assert leftovers(cache) == []
+
+    def test_some_files_cloned_and_some_copied_is_mixed(
+        self,
+        model_dir: pathlib.Path,
+        manifest: cr.Manifest,
+        cache: pathlib.Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """A snapshot whose files took both paths reports "mixed"."""
+
+        def clone_large_only(src_fd: int, dst_fd: int) -> bool:
+            return os.fstat(src_fd).st_size > 100 and copy_fd(src_fd, dst_fd)
+
+        monkeypatch.setattr(_materialize, "_clone", clone_large_only)
+        snapshot = cr.materialize(model_dir, manifest=manifest, into=cache)
+        assert snapshot.method == "mixed"
+        assert contents(snapshot) == FILES
+
+    def test_later_changes_to_the_source_never_reach_a_cloned_snapshot(
+        self,
+        model_dir: pathlib.Path,
+        manifest: cr.Manifest,
+        cache: pathlib.Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """Writing the source in place after a (real or simulated) clone leaves it intact."""
+        if not _reflinks(cache.parent):
+            monkeypatch.setattr(_materialize, "_clone", copy_fd)
+        snapshot = cr.materialize(model_dir, manifest=manifest, into=cache)
+        assert snapshot.method == "reflink"
+        shard = model_dir / "model-00001-of-00002.safetensors"
+        with open(shard, "r+b") as f:  # in place: a reflink's shared extents are unshared
+            f.write(b"EVIL")
+        assert contents(snapshot) == FILES
+
+
+def _reflinks(directory: pathlib.Path) -> bool:
+    """Return whether the filesystem under ``directory`` can clone a file."""
+    (directory / "probe-src").write_bytes(b"probe")
+    with open(directory / "probe-src", "rb") as src, open(directory / "probe-dst", "wb") as dst:
+        return _materialize._clone(src.fileno(), dst.fileno())
