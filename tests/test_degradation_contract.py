@@ -314,14 +314,15 @@ class TestBadInput:
         self, stack: Stack, service: Service, body: bytes, problem: str
     ) -> None:
         """Each kind of bad input is answered with a 4xx invalid_input problem, never a 500."""
+        if problem == "nested":
+            # CPython 3.11's json gives up on 5000 levels (unparsable); 3.12+ parses them,
+            # and the nested lists are then invalid features. Either way: a 4xx problem.
+            problem = "unparsable" if _too_deep(body) else "invalid"
         status = {
             "malformed": stack.malformed_status,
             "unparsable": stack.unparsable_status,
             "invalid": 422,
             "large": 413,
-            # CPython 3.11's json gives up on 5000 levels (unparsable); 3.12+ parses them,
-            # and the nested lists are then invalid features. Either way: a 4xx problem.
-            "nested": stack.unparsable_status if _too_deep(body) else 422,
         }[problem]
         response = service.client.post(
             "/predict", content=body, headers={"content-type": "application/json"}
