@@ -47,6 +47,7 @@ _EXTRAS: dict[str, tuple[str, str]] = {
 }
 _S3 = frozenset({"s3", "s3a"})
 _CHUNK = 1 << 20
+_MAX_READ = 16 << 20
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 # hf://[datasets/|spaces/|models/]owner/name[@revision]/path/in/repo
 _HF_URL = re.compile(
@@ -301,8 +302,13 @@ class FsspecSource(CachedSource):
 
 
 def _chunks(f: Any) -> Iterator[bytes]:
-    while chunk := f.read(_CHUNK):
+    # Each read of an unbuffered S3 file is one ranged GET: start small (a failure is
+    # found early, the deadline is checked often), then double up to _MAX_READ so a large
+    # object costs a few dozen requests, not one per MiB.
+    size = _CHUNK
+    while chunk := f.read(size):
         yield bytes(chunk)
+        size = min(size * 2, _MAX_READ)
 
 
 def _chain(e: BaseException | None) -> Iterator[BaseException]:

@@ -353,8 +353,9 @@ class TestS3Network:
         """moto SIGKILLed mid-download: the attempt fails, the store restarts, a retry verifies."""
         if MotoS3 is None:
             requirements.missing("moto[server] and s3fs")
-        # Three 1 MiB ranged GETs, each sent only once the previous block has arrived.
-        big = random.Random(11).randbytes(3 << 20)
+        # Ranged GETs of 1, 2 and 4 MiB (reads double), each sent only once the previous
+        # block has arrived: the kill lands before the last one is asked for.
+        big = random.Random(11).randbytes(7 << 20)
         digest = hashlib.sha256(big).hexdigest()
         with MotoS3(process=True) as store:
 
