@@ -228,7 +228,7 @@ class TestUnreachableRedis:
             async def heartbeat() -> None:
                 last = time.monotonic()
                 while not stop.is_set():
-                    await asyncio.sleep(0.01)
+                    await asyncio.sleep(0.01)  # sleep-ok: poll
                     now = time.monotonic()
                     gaps.append(now - last)
                     last = now
@@ -240,7 +240,7 @@ class TestUnreachableRedis:
                 raise Boom
 
             beat = asyncio.create_task(heartbeat())
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # sleep-ok: polling for a condition, bounded by a deadline
             outcomes: list[object] = []
             for _ in range(3):  # three rounds: the storage is retried after its pause
                 outcomes += await asyncio.gather(

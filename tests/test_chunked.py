@@ -464,7 +464,7 @@ class TestInterrupts:
             interrupt_main_thread()
             deadline = time.monotonic() + 30  # only bounds a broken implementation
             while not main_thread_is_in("_stop_all") and time.monotonic() < deadline:
-                time.sleep(0.001)
+                time.sleep(0.001)  # sleep-ok: polling for a condition, bounded by a deadline
             interrupt_main_thread()  # lands while the caller waits for this worker
             second_sent.set()
 

@@ -450,7 +450,7 @@ def wait_until(proc: subprocess.Popen[str], ready: Callable[[], bool], what: str
             pytest.fail(f"the command exited ({proc.returncode}) before {what}: {err!r}")
         if time.monotonic() > deadline:
             pytest.fail(f"the command did not start {what} in {START_TIMEOUT} s")
-        time.sleep(0.02)
+        time.sleep(0.02)  # sleep-ok: polling for a condition, bounded by a deadline
 
 
 def interrupt(proc: subprocess.Popen[str]) -> tuple[int, str, str]:

@@ -379,7 +379,7 @@ class TestS3Network:
                 # Killed after the first block, before the last block is asked for.
                 while proxy.bytes_downstream < (1 << 20) + (200 << 10):
                     assert time.monotonic() < deadline, "the download never started"
-                    time.sleep(0.005)
+                    time.sleep(0.005)  # sleep-ok: polling for a condition, bounded by a deadline
                 store.kill()
                 thread.join(timeout=60)
                 partial = [n for n in cache_entries(cache) if n.endswith(".part")]

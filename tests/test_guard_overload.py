@@ -103,7 +103,7 @@ def wait_for(predicate: Callable[[], bool]) -> None:
     limit = time.monotonic() + SETTLE
     while not predicate():
         assert time.monotonic() < limit, "timed out waiting for the stuck work to end"
-        time.sleep(0.01)
+        time.sleep(0.01)  # sleep-ok: polling for a condition, bounded by a deadline
 
 
 class TestDeadline:
@@ -220,7 +220,7 @@ class TestDeadline:
 
         async def stuck(model: Model) -> None:
             try:
-                await asyncio.sleep(3600)
+                await asyncio.sleep(3600)  # sleep-ok: hangs on purpose
             except asyncio.CancelledError:
                 cancelled.append(True)
                 raise

@@ -430,7 +430,7 @@ INTERRUPT_SCRIPT = textwrap.dedent(
         left = [t for t in threading.enumerate() if t.name == "clarity-hash"]
         if not left:
             break
-        time.sleep(0.05)
+        time.sleep(0.05)  # sleep-ok: polling for a condition, bounded by a deadline
     assert not left, f"{len(left)} hashing threads leaked"
     # And the next read still works.
     assert cr.read_verified(path, sha256=sha) == content

@@ -135,7 +135,7 @@ class Workers:
                     return
             except httpx.TransportError:
                 pass
-            time.sleep(0.1)  # polling a booting server, not waiting for a breaker
+            time.sleep(0.1)  # sleep-ok: polling a booting server, not waiting for a breaker
         pytest.fail("the workers did not come up")
 
     def scrape(self) -> Samples:
@@ -193,7 +193,8 @@ class TestWorkers:
         os.kill(int(victim), signal.SIGKILL)
         deadline = time.monotonic() + REAP_SECONDS
         while victim in state_pids(found) and time.monotonic() < deadline:
-            time.sleep(0.1)  # the supervisor reaps the worker (gunicorn: runs child_exit)
+            # sleep-ok: the supervisor reaps the worker (gunicorn: runs child_exit)
+            time.sleep(0.1)  # sleep-ok: see above
             found = workers.scrape()
         assert victim not in state_pids(found)
         assert open_pids(found) == opened - {victim}

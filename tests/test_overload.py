@@ -232,7 +232,7 @@ class TestDeadline:
         assert deadline.abandoned == 1
         release.set()
         while deadline.abandoned:
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.005)  # sleep-ok: polling for a condition, bounded by a deadline
         assert await deadline.run_async(lambda: 7) == 7
         deadline.shutdown()
 
@@ -244,7 +244,7 @@ class TestDeadline:
 
         async def hang() -> None:
             try:
-                await asyncio.sleep(WAIT)
+                await asyncio.sleep(WAIT)  # sleep-ok: hangs on purpose
             except asyncio.CancelledError:
                 cancelled.set()
                 raise

@@ -403,7 +403,7 @@ class TestEventLoop:
         async def ticker() -> None:
             last = time.monotonic()
             while not done.is_set():
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(0.005)  # sleep-ok: poll
                 now = time.monotonic()
                 stalls.append(now - last)
                 last = now

@@ -1059,7 +1059,7 @@ class TestOneDownloadPerHost:
                 server.requests() == 1 and any(n.endswith(".part") for n in cache_entries(cache))
             ):
                 assert time.monotonic() < deadline, "the holder never started its download"
-                time.sleep(0.01)
+                time.sleep(0.01)  # sleep-ok: polling for a condition, bounded by a deadline
             waiter.go()  # blocks on the holder's lock
             holder.kill()
             server.control(mode="ok")

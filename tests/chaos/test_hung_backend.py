@@ -145,7 +145,7 @@ def wait_until(predicate: Callable[[], bool]) -> None:
     limit = time.monotonic() + SETTLE
     while not predicate():
         assert time.monotonic() < limit, "condition not reached in time"
-        time.sleep(0.01)
+        time.sleep(0.01)  # sleep-ok: polling for a condition, bounded by a deadline
 
 
 class TestHungBackend:

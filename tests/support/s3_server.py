@@ -96,7 +96,7 @@ class MotoS3:
             with contextlib.suppress(httpx.HTTPError):
                 httpx.get(f"{self.endpoint}/moto-api/", timeout=1.0)
                 return
-            time.sleep(0.05)
+            time.sleep(0.05)  # sleep-ok: polling for a condition, bounded by a deadline
         raise RuntimeError("the moto server did not answer")
 
     def kill(self) -> None:
