@@ -40,6 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Literal
 
 from . import _hashing
+from ._atomic import fsync_directory
 from ._files import Entries, select_entries
 from ._integrity import UNNAMED
 from ._manifest import Manifest, ManifestEntry
@@ -157,7 +158,7 @@ def materialize(
                 raise
             shutil.rmtree(partial, ignore_errors=True)
             methods = {"reused"}
-        _fsync_directory(cache)
+        fsync_directory(cache)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -362,7 +363,7 @@ def _copy_hashing(opened: _hashing.Opened, target: str, length: int) -> str:
 def _seal(partial: str) -> None:
     """Make every directory of a finished snapshot durable (files were fsync-ed)."""
     for current, _dirs, _files in os.walk(partial, topdown=False):
-        _fsync_directory(current)
+        fsync_directory(current)
 
 
 def _make_writable(snapshot: str) -> None:
@@ -370,12 +371,3 @@ def _make_writable(snapshot: str) -> None:
     # are made writable in case someone tightened them.
     for current, _dirs, _files in os.walk(snapshot):
         os.chmod(current, _DIR_MODE)
-
-
-def _fsync_directory(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        with contextlib.suppress(OSError):  # some filesystems cannot fsync a directory
-            os.fsync(fd)
-    finally:
-        os.close(fd)
