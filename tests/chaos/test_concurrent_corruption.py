@@ -164,7 +164,7 @@ class TestConcurrentCorruption:
             check_books(registry, counts, version)
             assert guard.predict(signature) == version.signature
         assert not root.exists()
-        assert Resources.now() == before
+        assert Resources.now().leaked_since(before) == []
 
     def test_tasks_never_get_a_corrupted_model(self) -> None:
         """500 asyncio tasks reload and predict under random corruption: same guarantees."""
@@ -199,4 +199,4 @@ class TestConcurrentCorruption:
             assert result.errors, "the corruptor never bit: the scenario proved nothing"
             check_books(registry, counts, version)
         assert not root.exists()
-        assert Resources.now() == before
+        assert Resources.now().leaked_since(before) == []

@@ -220,4 +220,4 @@ class TestSignedCorruption:
         }, refused
         assert guard.predict(answer) == GOOD
         assert guard.status()["signer"] is not None
-        assert Resources.now().threads == before.threads
+        assert Resources.now().leaked_since(before) == []

@@ -81,11 +81,22 @@ class Resources:
     """Open file descriptors and live threads, to prove a scenario leaks neither."""
 
     fds: int
-    threads: int
+    threads: frozenset[threading.Thread]
 
     @classmethod
     def now(cls) -> Resources:
-        return cls(len(os.listdir("/proc/self/fd")), threading.active_count())
+        return cls(len(os.listdir("/proc/self/fd")), frozenset(threading.enumerate()))
+
+    def leaked_since(self, before: Resources) -> list[str]:
+        """Return what was opened or started after ``before`` and is still there.
+
+        Threads of earlier tests that end meanwhile are not a leak of this one, so new
+        threads are compared by identity, not counted.
+        """
+        leaks = [f"thread {t.name} still running" for t in self.threads - before.threads]
+        if self.fds > before.fds:
+            leaks.append(f"{self.fds - before.fds} more open file descriptors")
+        return leaks
 
 
 def failure_total(registry: CollectorRegistry, metric: str, model: str = "m") -> float:
