@@ -10,8 +10,10 @@ transport error texts are scrubbed of every secret-looking option value.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import concurrent.futures
 import contextlib
 import errno
 import hmac
@@ -21,8 +23,8 @@ import urllib.parse
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ._download import DEFAULT_DEADLINE, Body, CachedSource
-from ._http import redact, require_extra
+from ._download import DEFAULT_DEADLINE, Body, CachedSource, _clock
+from ._http import DeadlineError, redact, require_extra
 from ._integrity import UNNAMED
 from ._reasons import Reason
 from .exceptions import ChecksumMismatchError
@@ -211,39 +213,44 @@ class FsspecSource(CachedSource):
                 yield body
             return
         fs, path = self._filesystem()
-        kwargs: dict[str, Any] = {}
         if self.protocol in _S3:
-            self._check_s3_checksum(fs, path)
-            kwargs = {"cache_type": "none", "block_size": _CHUNK}
+            bucket, key, _ = fs.split_path(path)
+            params = {"Bucket": bucket, "Key": key}
             if self.version_id is not None:
-                kwargs["version_id"] = self.version_id
-        with fs.open(path, "rb", **kwargs) as f:
+                params["VersionId"] = self.version_id
+            size = self._head_s3(fs, params)
+            stream = _S3Stream(fs, params, deadline_at)
+            try:
+                yield Body(size, stream)
+            finally:
+                stream.close()
+            return
+        with fs.open(path, "rb", cache_type="none", block_size=_CHUNK) as f:
             size = getattr(f, "size", None)
             yield Body(size if isinstance(size, int) else None, _chunks(f))
 
-    def _check_s3_checksum(self, fs: Any, path: str) -> None:
-        """Refuse an object whose S3 full-object ``ChecksumSHA256`` is not the pinned digest.
+    def _head_s3(self, fs: Any, params: dict[str, str]) -> int | None:
+        """Return the object's size; refuse it if its S3 ``ChecksumSHA256`` is not pinned.
 
-        Costs one HEAD request and no body byte.
+        Costs one HEAD request and no body byte: an object over the size cap, or whose
+        full-object checksum the store computed differs, is refused before the GET.
 
         Raises:
             ChecksumMismatchError: The store computed another SHA-256 for the object.
         """
-        bucket, key, _ = fs.split_path(path)
-        params = {"Bucket": bucket, "Key": key, "ChecksumMode": "ENABLED"}
-        if self.version_id is not None:
-            params["VersionId"] = self.version_id
-        head = fs.call_s3("head_object", **params)
+        head = fs.call_s3("head_object", ChecksumMode="ENABLED", **params)
+        size = head.get("ContentLength")
+        size = size if isinstance(size, int) else None
         encoded = head.get("ChecksumSHA256")
         # A multipart upload's composite checksum ("...-N") is not the object's digest.
         if not isinstance(encoded, str) or head.get("ChecksumType", "FULL_OBJECT") != (
             "FULL_OBJECT"
         ) or "-" in encoded:  # fmt: skip
-            return
+            return size
         try:
             actual = base64.b64decode(encoded, validate=True).hex()
         except (binascii.Error, ValueError):
-            return  # not a checksum we can read: the streamed digest still decides
+            return size  # not a checksum we can read: the streamed digest still decides
         if not hmac.compare_digest(actual, self.sha256):
             raise ChecksumMismatchError(
                 f"{self.display_url} has S3 ChecksumSHA256 {actual}, expected "
@@ -252,6 +259,7 @@ class FsspecSource(CachedSource):
                 expected=self.sha256,
                 actual=actual,
             )
+        return size
 
     @contextlib.contextmanager
     def _open_hf(self) -> Iterator[Body]:
@@ -299,6 +307,79 @@ class FsspecSource(CachedSource):
             text = text.replace(secret, "***")
         problem = f"{'timed out' if timed_out else 'failed'}: {text}"
         return problem, Reason.TIMEOUT if timed_out else Reason.FETCH_ERROR, status
+
+
+class _S3Stream:
+    """An S3 object's chunks through one GET, each read started before the last is used.
+
+    One request per attempt, not a ranged GET per read. The GET is sent on the first
+    iteration (so an announced size over the cap costs no GET), and every read after it
+    is started before the previous chunk is handed over: the download goes on while the
+    core hashes and writes. Everything touching the body runs on the filesystem's event
+    loop (another thread), the final close too. A read that outlives the attempt's
+    deadline is abandoned as a :class:`DeadlineError` and its connection closed.
+    """
+
+    def __init__(self, fs: Any, params: dict[str, str], deadline_at: float) -> None:
+        self._fs = fs
+        self._params = params
+        self._deadline_at = deadline_at
+        self._body: Any = None
+        self._closed = False
+        self._next: concurrent.futures.Future[bytes] | None = None
+
+    def _start(self, first: bool) -> concurrent.futures.Future[bytes]:
+        read = self._get_and_read() if first else _read_full(self._body, _CHUNK)
+        return asyncio.run_coroutine_threadsafe(read, self._fs.loop)
+
+    async def _get_and_read(self) -> bytes:
+        response = await self._fs._call_s3("get_object", **self._params)
+        self._body = response["Body"]
+        if self._closed:  # abandoned while the GET was under way
+            self._body.close()
+            return b""
+        return await _read_full(self._body, _CHUNK)
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self._next is not None or self._closed:
+            raise RuntimeError("an S3 body is read once")
+        self._next = self._start(first=True)
+        while self._next is not None:
+            wait = max(self._deadline_at - _clock(), 0.0)
+            try:
+                chunk = self._next.result(timeout=wait)
+            except concurrent.futures.TimeoutError:
+                raise DeadlineError("no data before the attempt's deadline") from None
+            self._next = self._start(first=False) if chunk else None
+            if chunk:
+                yield chunk
+
+    def close(self) -> None:
+        """Abandon any read in flight and close the connection (idempotent)."""
+        pending, self._next = self._next, None
+        if pending is not None:
+            pending.cancel()
+        with contextlib.suppress(RuntimeError):  # the loop is already closed
+            self._fs.loop.call_soon_threadsafe(self._close_body)
+
+    def _close_body(self) -> None:
+        # On the loop's thread, after the cancellation above was delivered.
+        self._closed = True
+        if self._body is not None:
+            self._body.close()
+
+
+async def _read_full(body: Any, size: int) -> bytes:
+    """Read ``size`` bytes from ``body`` (fewer only at its end)."""
+    parts: list[bytes] = []
+    got = 0
+    while got < size:
+        part = await body.read(size - got)
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _chunks(f: Any) -> Iterator[bytes]:

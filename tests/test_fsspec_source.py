@@ -249,6 +249,18 @@ class TestS3:
         assert info.value.actual == len(DATA)
         assert s3.gets(BUCKET, key) == 0
 
+    def test_one_get_streams_an_object_of_many_chunks(
+        self, s3: MotoS3, key: str, cache: pathlib.Path
+    ) -> None:
+        """A multi-chunk object comes through one GET, not a ranged GET per read."""
+        big = random.Random(12).randbytes((5 << 20) + 123)  # 6 reads of at most 1 MiB
+        digest = hashlib.sha256(big).hexdigest()
+        put(s3, BUCKET, key, big)
+        with s3_source(s3, key, cache, sha256=digest, size=len(big)) as source:
+            path = source.fetch()
+        assert cr.read_verified(path, sha256=digest) == big
+        assert s3.gets(BUCKET, key) == 1
+
     def test_credentials_never_reach_events_errors_or_metrics(
         self,
         s3: MotoS3,
@@ -319,6 +331,35 @@ class TestS3Network:
         assert failures(registry) == {Reason.TIMEOUT: 1.0}
         assert cache_entries(cache) == []
 
+    def test_a_trickle_is_abandoned_at_the_deadline(
+        self, s3: MotoS3, key: str, cache: pathlib.Path, registry: CollectorRegistry
+    ) -> None:
+        """Bytes that keep coming, too slowly: the read in flight is given up at the deadline.
+
+        No socket wait is long (each piece arrives within ``timeout``), so only the
+        attempt's deadline ends it: mid-read, with the connection closed, not after the
+        whole object has trickled in.
+        """
+        put(s3, BUCKET, key, DATA)
+        with ThreadedFaultProxy("127.0.0.1", s3.port, seed=8) as proxy:
+            proxy.bandwidth(16)  # 16 KB/s: the 256 KiB object would take 16 s
+            source = s3_source(
+                s3, key, cache, port=proxy.port, deadline=1.0, attempts=1, model="m",
+                registry=registry,
+            )  # fmt: skip
+            with source, pytest.raises(IntegrityError) as info:
+                source.fetch()
+            assert info.value.reason is Reason.TIMEOUT
+            assert "deadline" in str(info.value)
+            # The rest of the object is never sent: the abandoned connection is closed.
+            end = time.monotonic() + 30
+            while proxy.active_connections:
+                assert time.monotonic() < end, "the abandoned connection stayed open"
+                time.sleep(0.01)  # sleep-ok: polling for a condition, bounded by a deadline
+            assert proxy.bytes_downstream < len(DATA) // 2
+        assert failures(registry) == {Reason.TIMEOUT: 1.0}
+        assert cache_entries(cache) == []
+
     def test_resets_are_retried_until_the_link_heals(
         self, s3: MotoS3, key: str, cache: pathlib.Path, retries: RetryLog
     ) -> None:
@@ -353,9 +394,9 @@ class TestS3Network:
         """moto SIGKILLed mid-download: the attempt fails, the store restarts, a retry verifies."""
         if MotoS3 is None:
             requirements.missing("moto[server] and s3fs")
-        # Ranged GETs of 1, 2 and 4 MiB (reads double), each sent only once the previous
-        # block has arrived: the kill lands before the last one is asked for.
-        big = random.Random(11).randbytes(7 << 20)
+        # One streamed GET of 24 MiB through an 8 MB/s link: the kill lands mid-body, with
+        # more left than the socket buffers and the proxy's read-ahead can hold (~10 MiB).
+        big = random.Random(11).randbytes(24 << 20)
         digest = hashlib.sha256(big).hexdigest()
         with MotoS3(process=True) as store:
 
@@ -370,13 +411,13 @@ class TestS3Network:
                 lambda details: None if store.alive else (store.start(), publish())
             )
             with ThreadedFaultProxy("127.0.0.1", store.port, seed=6) as proxy:
-                proxy.bandwidth(2000)  # ~0.5 s per block
+                proxy.bandwidth(8000)  # ~3 s for the object
                 source = s3_source(store, key, cache, port=proxy.port, sha256=digest)
                 done: list[pathlib.Path] = []
                 thread = threading.Thread(target=lambda: done.append(source.fetch()))
                 thread.start()
                 deadline = time.monotonic() + 30
-                # Killed after the first block, before the last block is asked for.
+                # Killed once the first MiB is through, seconds before the end.
                 while proxy.bytes_downstream < (1 << 20) + (200 << 10):
                     assert time.monotonic() < deadline, "the download never started"
                     time.sleep(0.005)  # sleep-ok: polling for a condition, bounded by a deadline
