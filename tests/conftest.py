@@ -11,6 +11,7 @@ import hypothesis
 import pytest
 import requirements
 from prometheus_client import CollectorRegistry
+from store_testing import RetryLog
 
 import clarity_resilience
 from clarity_resilience.instrumentation import Event
@@ -116,3 +117,30 @@ def _redis(listen: list[str], tmp_path: pathlib.Path) -> Iterator[None]:
         proc.wait(timeout=10)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+@pytest.fixture
+def no_backoff() -> Iterator[None]:
+    """Make stamina skip backoff sleeps, keeping each source's own ``attempts``."""
+    import stamina
+
+    with stamina.set_testing(True, attempts=100, cap=True):
+        yield
+
+
+@pytest.fixture
+def retries() -> Iterator[RetryLog]:
+    """Record every retry stamina schedules (its default hooks are replaced meanwhile)."""
+    import stamina
+
+    log = RetryLog()
+    previous = stamina.instrumentation.get_on_retry_hooks()
+    stamina.instrumentation.set_on_retry_hooks([log])
+    yield log
+    stamina.instrumentation.set_on_retry_hooks(previous)
+
+
+@pytest.fixture
+def cache(tmp_path: pathlib.Path) -> pathlib.Path:
+    """Return a (not yet created) cache directory for a source."""
+    return tmp_path / "cache"

@@ -34,11 +34,6 @@ def manifest(model_dir: pathlib.Path) -> cr.Manifest:
     return cr.Manifest.build(model_dir)
 
 
-@pytest.fixture
-def cache(tmp_path: pathlib.Path) -> pathlib.Path:
-    return tmp_path / "cache"
-
-
 def contents(root: pathlib.Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 

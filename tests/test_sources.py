@@ -39,6 +39,8 @@ from clarity_resilience import (
 from clarity_resilience.instrumentation import Event, IntegrityCheckFailed, IntegrityCheckPassed
 from clarity_resilience.sources import HttpSource
 
+pytestmark = pytest.mark.usefixtures("no_backoff")
+
 ARTIFACT = "model.bin"
 DATA = random.Random(20240601).randbytes(256 * 1024)
 SHA = hashlib.sha256(DATA).hexdigest()
@@ -86,18 +88,6 @@ def server(server_process: ArtifactServer) -> ArtifactServer:
     """Return the server with faults off and request counters at zero."""
     server_process.control(mode="ok", reset=True)
     return server_process
-
-
-@pytest.fixture(autouse=True)
-def no_backoff() -> Iterator[None]:
-    """Make stamina skip backoff sleeps, keeping each source's own ``attempts``."""
-    with stamina.set_testing(True, attempts=100, cap=True):
-        yield
-
-
-@pytest.fixture
-def cache(tmp_path: pathlib.Path) -> pathlib.Path:
-    return tmp_path / "cache"
 
 
 def make_source(server: ArtifactServer, cache: pathlib.Path, **kwargs: Any) -> HttpSource:

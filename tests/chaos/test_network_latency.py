@@ -91,24 +91,12 @@ def proxy(store: ArtifactStore) -> Iterator[ThreadedFaultProxy]:
 
 
 @pytest.fixture
-def cache(tmp_path: pathlib.Path) -> pathlib.Path:
-    return tmp_path / "cache"
-
-
-@pytest.fixture
 def make_source(
     proxy: ThreadedFaultProxy, cache: pathlib.Path, registry: CollectorRegistry
 ) -> Iterator[SourceFactory]:
     """Return ``make_source(version, **options)`` fetching through the proxy; closed after."""
     with SourceFactory(proxy.url, cache, registry) as factory:
         yield factory
-
-
-@pytest.fixture
-def no_backoff() -> Iterator[None]:
-    """Skip stamina's backoff sleeps (each source keeps its own ``attempts``)."""
-    with stamina.set_testing(True, attempts=100, cap=True):
-        yield
 
 
 @dataclasses.dataclass

@@ -34,16 +34,14 @@ try:
 except ImportError:  # pragma: no cover - CI installs them
     MotoS3 = None  # type: ignore[assignment,misc]
 
-pytestmark = [pytest.mark.chaos, pytest.mark.non_destructive, pytest.mark.timeout(60)]
+pytestmark = [
+    pytest.mark.chaos,
+    pytest.mark.non_destructive,
+    pytest.mark.timeout(60),
+    pytest.mark.usefixtures("no_backoff"),
+]
 
 BUCKET = "chaos-models"
-
-
-@pytest.fixture(autouse=True)
-def no_backoff() -> Iterator[None]:
-    """Skip stamina's backoff sleeps (each source keeps its own ``attempts``)."""
-    with stamina.set_testing(True, attempts=100, cap=True):
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -39,7 +39,12 @@ from clarity_resilience.instrumentation import (
 from clarity_resilience.sources import HttpSource
 
 # A hang detector, not a speed bound: generous, so a busy machine never trips it.
-pytestmark = [pytest.mark.chaos, pytest.mark.non_destructive, pytest.mark.timeout(120)]
+pytestmark = [
+    pytest.mark.chaos,
+    pytest.mark.non_destructive,
+    pytest.mark.timeout(120),
+    pytest.mark.usefixtures("no_backoff"),
+]
 
 T = TypeVar("T")
 
@@ -50,13 +55,6 @@ POLL_INTERVAL = 0.005  # seconds between two looks at an observable condition
 
 
 # -- fixtures and helpers -------------------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def no_backoff() -> Iterator[None]:
-    """Skip stamina's backoff sleeps (each source keeps its own ``attempts``)."""
-    with stamina.set_testing(True, attempts=100, cap=True):
-        yield
 
 
 @pytest.fixture
@@ -72,11 +70,6 @@ def store(versions: Versions) -> Iterator[ArtifactStore]:
     """Run the artifact server process for this test; stop it whatever state it is in."""
     with ArtifactStore(versions.v1.path.parent) as running:
         yield running
-
-
-@pytest.fixture
-def cache(tmp_path: pathlib.Path) -> pathlib.Path:
-    return tmp_path / "cache"
 
 
 @pytest.fixture

@@ -1,0 +1,51 @@
+"""What the object-store tests share: the retry log, and views of audit, metrics and cache.
+
+The fixtures that go with them (``no_backoff``, ``retries``, ``cache``) are in conftest.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from clarity_resilience import Reason
+from clarity_resilience.instrumentation import Event, IntegrityCheckFailed
+
+__all__ = ["RetryLog", "audited", "cache_entries", "failures"]
+
+
+class RetryLog(list[Any]):
+    """Every retry stamina scheduled, and actions to run on each one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.actions: list[Any] = []
+
+    def __call__(self, details: Any) -> None:
+        self.append(details)
+        for action in self.actions:
+            action(details)
+
+
+def audited(events: list[Event]) -> list[tuple[str, Reason]]:
+    """Return the (path, reason) of every integrity_check_failed event."""
+    return [(e.path, e.reason) for e in events if isinstance(e, IntegrityCheckFailed)]
+
+
+def failures(registry: CollectorRegistry, model: str = "m") -> dict[Reason, float]:
+    """Return the nonzero ``model_integrity_failures_total`` counts of ``model`` by reason."""
+    counts = {
+        reason: registry.get_sample_value(
+            "model_integrity_failures_total", {"model": model, "reason": reason.value}
+        )
+        for reason in Reason
+    }
+    return {reason: value for reason, value in counts.items() if value}
+
+
+def cache_entries(cache: pathlib.Path) -> list[str]:
+    """Return the names in a source's cache directory, lock files left out."""
+    names = [p.name for p in cache.iterdir()] if cache.exists() else []
+    return sorted(name for name in names if not name.endswith(".lock"))
