@@ -10,10 +10,8 @@ transport error texts are scrubbed of every secret-looking option value.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import concurrent.futures
 import contextlib
 import errno
 import hmac
@@ -24,8 +22,9 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ._download import DEFAULT_DEADLINE, Body, CachedSource, _clock
-from ._http import DeadlineError, redact, require_extra
+from ._http import redact, require_extra
 from ._integrity import UNNAMED
+from ._loop_stream import CHUNK, LoopStream, read_chunks, run_on_loop
 from ._reasons import Reason
 from .exceptions import ChecksumMismatchError
 
@@ -48,8 +47,7 @@ _EXTRAS: dict[str, tuple[str, str]] = {
     "local": ("fsspec", "fsspec"),
 }
 _S3 = frozenset({"s3", "s3a"})
-_CHUNK = 1 << 20
-_MAX_READ = 16 << 20
+_AZURE = frozenset({"az", "abfs", "abfss"})
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 # hf://[datasets/|spaces/|models/]owner/name[@revision]/path/in/repo
 _HF_URL = re.compile(
@@ -58,20 +56,29 @@ _HF_URL = re.compile(
 )
 # Storage option names whose values are secrets, scrubbed from any error text.
 _SECRET_HINTS = ("key", "secret", "token", "password", "credential", "sas", "connection")
+# The secret parts of an Azure connection string or SAS token.
+_SECRET_PIECE = re.compile(
+    r"(?i)(?:AccountKey|SharedAccessKey|SharedAccessSignature|sig)=([^;&\s]{4,})"
+)
 # Error classes (by name, anywhere in a cause chain) of failures that may pass on a retry:
-# botocore's, aiohttp's and the stdlib's connection resets, timeouts and broken bodies.
+# botocore's, aiohttp's, azure-core's and the stdlib's connection resets, timeouts and
+# broken bodies.
 _TRANSIENT_NAMES = frozenset({
     "ConnectionError", "TimeoutError", "HTTPClientError", "ReadTimeoutError",
     "ConnectTimeoutError", "EndpointConnectionError", "ConnectionClosedError",
     "IncompleteRead", "ResponseParserError", "ResponseStreamingError", "ClientPayloadError",
     "ClientConnectionError", "ServerDisconnectedError", "FSTimeoutError",
+    "ServiceRequestError", "ServiceResponseError", "IncompleteReadError",
 })  # fmt: skip
 _TIMEOUT_NAMES = frozenset({
     "TimeoutError", "ReadTimeoutError", "ConnectTimeoutError", "FSTimeoutError",
+    "ServiceRequestTimeoutError", "ServiceResponseTimeoutError",
 })  # fmt: skip
+# Error codes of a store asking to be called again later (S3's, then Azure's).
 _THROTTLED = frozenset({
     "SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded",
     "RequestTimeout", "InternalError", "ServiceUnavailable", "TooManyRequests",
+    "ServerBusy", "OperationTimedOut",
 })  # fmt: skip
 _PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
@@ -214,20 +221,63 @@ class FsspecSource(CachedSource):
             return
         fs, path = self._filesystem()
         if self.protocol in _S3:
-            bucket, key, _ = fs.split_path(path)
-            params = {"Bucket": bucket, "Key": key}
-            if self.version_id is not None:
-                params["VersionId"] = self.version_id
-            size = self._head_s3(fs, params)
-            stream = _S3Stream(fs, params, deadline_at)
-            try:
-                yield Body(size, stream)
-            finally:
-                stream.close()
+            size, stream = self._open_s3(fs, path, deadline_at)
+        elif self.protocol in _AZURE:
+            size, stream = self._open_azure(fs, path, deadline_at)
+        else:
+            with fs.open(path, "rb", cache_type="none", block_size=CHUNK) as f:
+                size = getattr(f, "size", None)
+                yield Body(size if isinstance(size, int) else None, read_chunks(f))
             return
-        with fs.open(path, "rb", cache_type="none", block_size=_CHUNK) as f:
-            size = getattr(f, "size", None)
-            yield Body(size if isinstance(size, int) else None, _chunks(f))
+        try:
+            yield Body(size, stream)
+        finally:
+            stream.close()
+
+    def _open_s3(self, fs: Any, path: str, deadline_at: float) -> tuple[int | None, LoopStream]:
+        """HEAD the object (size, checksum cross-check), then stream it through one GET.
+
+        One request per attempt, not a ranged GET per read: the body is read on s3fs's
+        event loop one chunk ahead of the chunk being hashed and written.
+        """
+        bucket, key, _ = fs.split_path(path)
+        params = {"Bucket": bucket, "Key": key}
+        if self.version_id is not None:
+            params["VersionId"] = self.version_id
+        size = self._head_s3(fs, params)
+
+        async def get() -> Any:
+            response = await fs._call_s3("get_object", **params)
+            return response["Body"]
+
+        return size, LoopStream(fs.loop, get, deadline_at, _clock)
+
+    def _open_azure(self, fs: Any, path: str, deadline_at: float) -> tuple[int | None, LoopStream]:
+        """Read the blob's size, then stream it with the Azure SDK's own downloader.
+
+        adlfs passes no timeout or retry setting to its reads, and the SDK's default
+        policy retries with a 15 s backoff inside the attempt: every request here sets
+        ``retry_total=0`` (the core retries, with jitter, so ``attempts`` means what it
+        says) and bounds its socket waits by ``timeout``.
+        """
+        container, blob, _ = fs.split_path(path)
+        client = fs.service_client.get_blob_client(container=container, blob=blob)
+        options = {
+            "retry_total": 0,
+            "connection_timeout": self.timeout,
+            "read_timeout": self.timeout,
+        }
+        properties = run_on_loop(
+            fs.loop, client.get_blob_properties(**options), deadline_at, _clock
+        )
+        size = getattr(properties, "size", None)
+
+        async def download() -> Any:
+            return await client.download_blob(max_concurrency=1, **options)
+
+        return (size if isinstance(size, int) else None), LoopStream(
+            fs.loop, download, deadline_at, _clock
+        )
 
     def _head_s3(self, fs: Any, params: dict[str, str]) -> int | None:
         """Return the object's size; refuse it if its S3 ``ChecksumSHA256`` is not pinned.
@@ -285,7 +335,7 @@ class FsspecSource(CachedSource):
         if not isinstance(local, str | os.PathLike):
             raise TypeError(f"hf_hub_download returned {type(local).__name__}, not a path")
         with open(local, "rb") as f:
-            yield Body(os.fstat(f.fileno()).st_size, _chunks(f))
+            yield Body(os.fstat(f.fileno()).st_size, read_chunks(f))
 
     def _transient(self, cause: BaseException) -> bool | float:
         chain = list(_chain(cause))
@@ -309,89 +359,6 @@ class FsspecSource(CachedSource):
         return problem, Reason.TIMEOUT if timed_out else Reason.FETCH_ERROR, status
 
 
-class _S3Stream:
-    """An S3 object's chunks through one GET, each read started before the last is used.
-
-    One request per attempt, not a ranged GET per read. The GET is sent on the first
-    iteration (so an announced size over the cap costs no GET), and every read after it
-    is started before the previous chunk is handed over: the download goes on while the
-    core hashes and writes. Everything touching the body runs on the filesystem's event
-    loop (another thread), the final close too. A read that outlives the attempt's
-    deadline is abandoned as a :class:`DeadlineError` and its connection closed.
-    """
-
-    def __init__(self, fs: Any, params: dict[str, str], deadline_at: float) -> None:
-        self._fs = fs
-        self._params = params
-        self._deadline_at = deadline_at
-        self._body: Any = None
-        self._closed = False
-        self._next: concurrent.futures.Future[bytes] | None = None
-
-    def _start(self, first: bool) -> concurrent.futures.Future[bytes]:
-        read = self._get_and_read() if first else _read_full(self._body, _CHUNK)
-        return asyncio.run_coroutine_threadsafe(read, self._fs.loop)
-
-    async def _get_and_read(self) -> bytes:
-        response = await self._fs._call_s3("get_object", **self._params)
-        self._body = response["Body"]
-        if self._closed:  # abandoned while the GET was under way
-            self._body.close()
-            return b""
-        return await _read_full(self._body, _CHUNK)
-
-    def __iter__(self) -> Iterator[bytes]:
-        if self._next is not None or self._closed:
-            raise RuntimeError("an S3 body is read once")
-        self._next = self._start(first=True)
-        while self._next is not None:
-            wait = max(self._deadline_at - _clock(), 0.0)
-            try:
-                chunk = self._next.result(timeout=wait)
-            except concurrent.futures.TimeoutError:
-                raise DeadlineError("no data before the attempt's deadline") from None
-            self._next = self._start(first=False) if chunk else None
-            if chunk:
-                yield chunk
-
-    def close(self) -> None:
-        """Abandon any read in flight and close the connection (idempotent)."""
-        pending, self._next = self._next, None
-        if pending is not None:
-            pending.cancel()
-        with contextlib.suppress(RuntimeError):  # the loop is already closed
-            self._fs.loop.call_soon_threadsafe(self._close_body)
-
-    def _close_body(self) -> None:
-        # On the loop's thread, after the cancellation above was delivered.
-        self._closed = True
-        if self._body is not None:
-            self._body.close()
-
-
-async def _read_full(body: Any, size: int) -> bytes:
-    """Read ``size`` bytes from ``body`` (fewer only at its end)."""
-    parts: list[bytes] = []
-    got = 0
-    while got < size:
-        part = await body.read(size - got)
-        if not part:
-            break
-        parts.append(part)
-        got += len(part)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
-
-
-def _chunks(f: Any) -> Iterator[bytes]:
-    # Each read of an unbuffered S3 file is one ranged GET: start small (a failure is
-    # found early, the deadline is checked often), then double up to _MAX_READ so a large
-    # object costs a few dozen requests, not one per MiB.
-    size = _CHUNK
-    while chunk := f.read(size):
-        yield bytes(chunk)
-        size = min(size * 2, _MAX_READ)
-
-
 def _chain(e: BaseException | None) -> Iterator[BaseException]:
     seen: set[int] = set()
     while e is not None and id(e) not in seen:
@@ -401,8 +368,17 @@ def _chain(e: BaseException | None) -> Iterator[BaseException]:
 
 
 def _status(chain: list[BaseException]) -> tuple[int | None, str | None]:
-    """Return the HTTP status and error code of a botocore ``ClientError`` in the chain."""
+    """Return the HTTP status and error code of a store's error in the chain.
+
+    botocore's ``ClientError`` carries them in its ``response`` dict, azure-core's
+    ``HttpResponseError`` as ``status_code`` and ``error_code``.
+    """
     for e in chain:
+        status_code = getattr(e, "status_code", None)
+        if isinstance(status_code, int) and not isinstance(status_code, bool):
+            code = getattr(e, "error_code", None)
+            code = getattr(code, "value", code)  # the SDK's StorageErrorCode enum
+            return status_code, (str(code) if code is not None else None)
         response = getattr(e, "response", None)
         if isinstance(response, dict):
             meta = response.get("ResponseMetadata", {})
@@ -425,6 +401,12 @@ def _secrets(options: Mapping[str, Any], url: str) -> list[str]:
                 walk(v, secret or any(h in str(k).lower() for h in _SECRET_HINTS))
         elif isinstance(value, str) and secret and len(value) >= 4:
             found.append(value)
+            # A connection string or SAS token is quoted in pieces (the key alone, the
+            # signature URL-encoded): each secret piece is scrubbed on its own too.
+            for piece in _SECRET_PIECE.findall(value):
+                found.extend(
+                    {piece, urllib.parse.unquote(piece), urllib.parse.quote(piece, safe="")}
+                )
 
     walk(options, False)
     parts = urllib.parse.urlsplit(url)

@@ -1,8 +1,8 @@
 """FsspecSource against a real S3 endpoint (moto's server on 127.0.0.1, s3fs as client).
 
 Also: a hand-built offline Hugging Face Hub cache (a tampered blob is refused), file://
-URLs, and unit tests of URL, option and error handling for the stores with no emulator
-here (GCS, Azure).
+URLs, and unit tests of URL, option and error handling (Azure's end-to-end tests, against
+Azurite, are in test_fsspec_azure.py).
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ from typing import Any
 
 import pytest
 import requirements
-import stamina
 from artifact_store import FetchWorker
 from prometheus_client import CollectorRegistry, generate_latest
+from store_testing import RetryLog, audited, cache_entries, failures
 
 import clarity_resilience as cr
 from clarity_resilience import ChecksumMismatchError, IntegrityError, Reason, SizeMismatchError
 from clarity_resilience.chaos import ThreadedFaultProxy
-from clarity_resilience.instrumentation import Event, IntegrityCheckFailed, IntegrityCheckPassed
+from clarity_resilience.instrumentation import Event, IntegrityCheckPassed
 from clarity_resilience.sources import FsspecSource, read_manifest
 
 try:
@@ -42,7 +42,7 @@ OTHER = random.Random(7).randbytes(256 * 1024)
 BUCKET = "models"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("no_backoff")]
 
 
 @pytest.fixture(scope="module")
@@ -64,41 +64,6 @@ def key(request: pytest.FixtureRequest) -> str:
     return hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:16] + ".bin"
 
 
-@pytest.fixture(autouse=True)
-def no_backoff() -> Iterator[None]:
-    """Make stamina skip backoff sleeps, keeping each source's own ``attempts``."""
-    with stamina.set_testing(True, attempts=100, cap=True):
-        yield
-
-
-@pytest.fixture
-def cache(tmp_path: pathlib.Path) -> pathlib.Path:
-    return tmp_path / "cache"
-
-
-class RetryLog(list[Any]):
-    """Every retry stamina scheduled, and actions to run on each one."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.actions: list[Any] = []
-
-    def __call__(self, details: Any) -> None:
-        self.append(details)
-        for action in self.actions:
-            action(details)
-
-
-@pytest.fixture
-def retries() -> Iterator[RetryLog]:
-    """Record every retry stamina schedules (its default hooks are replaced meanwhile)."""
-    log = RetryLog()
-    previous = stamina.instrumentation.get_on_retry_hooks()
-    stamina.instrumentation.set_on_retry_hooks([log])
-    yield log
-    stamina.instrumentation.set_on_retry_hooks(previous)
-
-
 def need(module: str) -> None:
     """Fail in CI, skip elsewhere, when ``module`` is not installed."""
     try:
@@ -116,25 +81,6 @@ def s3_source(s3: MotoS3, key: str, cache: pathlib.Path, **options: Any) -> Fssp
         storage_options=s3.storage_options(port),
         **options,
     )
-
-
-def audited(events: list[Event]) -> list[tuple[str, Reason]]:
-    return [(e.path, e.reason) for e in events if isinstance(e, IntegrityCheckFailed)]
-
-
-def failures(registry: CollectorRegistry, model: str = "m") -> dict[Reason, float]:
-    counts = {
-        reason: registry.get_sample_value(
-            "model_integrity_failures_total", {"model": model, "reason": reason.value}
-        )
-        for reason in Reason
-    }
-    return {reason: value for reason, value in counts.items() if value}
-
-
-def cache_entries(cache: pathlib.Path) -> list[str]:
-    names = [p.name for p in cache.iterdir()] if cache.exists() else []
-    return sorted(name for name in names if not name.endswith(".lock"))
 
 
 class TestS3:
