@@ -244,7 +244,7 @@ class FsspecSource(CachedSource):
         params = {"Bucket": bucket, "Key": key}
         if self.version_id is not None:
             params["VersionId"] = self.version_id
-        size = self._head_s3(fs, params)
+        size = self._head_s3(fs, params, deadline_at)
 
         async def get() -> Any:
             response = await fs._call_s3("get_object", **params)
@@ -279,7 +279,7 @@ class FsspecSource(CachedSource):
             fs.loop, download, deadline_at, _clock
         )
 
-    def _head_s3(self, fs: Any, params: dict[str, str]) -> int | None:
+    def _head_s3(self, fs: Any, params: dict[str, str], deadline_at: float) -> int | None:
         """Return the object's size; refuse it if its S3 ``ChecksumSHA256`` is not pinned.
 
         Costs one HEAD request and no body byte: an object over the size cap, or whose
@@ -288,7 +288,10 @@ class FsspecSource(CachedSource):
         Raises:
             ChecksumMismatchError: The store computed another SHA-256 for the object.
         """
-        head = fs.call_s3("head_object", ChecksumMode="ENABLED", **params)
+        head = run_on_loop(
+            fs.loop, fs._call_s3("head_object", ChecksumMode="ENABLED", **params), deadline_at,
+            _clock,
+        )  # fmt: skip
         size = head.get("ContentLength")
         size = size if isinstance(size, int) else None
         encoded = head.get("ChecksumSHA256")
