@@ -138,11 +138,14 @@ def _read_in_parallel(
     with ThreadPoolExecutor(max_workers=count, thread_name_prefix="clarity-files") as pool:
         futures: dict[Future[bytes], str] = {pool.submit(read, name): name for name in names}
         done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-        failed = [f for f in done if f.exception() is not None]
-        if failed:
+        if any(f.exception() is not None for f in done):
             for future in pending:
                 future.cancel()  # all-or-nothing: do not read what cannot be used
             wait(pending)
+            # Of every read that ended in an error (those running at the first failure
+            # included), report the first file by name: the same error whichever
+            # thread happened to fail first.
+            failed = [f for f in futures if not f.cancelled() and f.exception() is not None]
             first = min(failed, key=lambda f: futures[f])
             error = first.exception()
             # Keep none of the bytes that were read: the version is refused as a whole.

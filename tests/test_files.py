@@ -154,6 +154,31 @@ class TestReadVerifiedFiles:
         assert len(names) == 2
         assert all(name.startswith("clarity-files") for name in names)
 
+    def test_two_failures_report_the_first_file_whoever_fails_first(
+        self, manifest: cr.Manifest, model_dir: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Both files refused: the error is the first file's, though the second failed first."""
+        first, second = sorted(FILES)[:2]
+        released = threading.Event()
+        real_wait = _files.wait
+
+        def failing(root: Any, name: str, **kwargs: Any) -> bytes:
+            if name == first:
+                # Fail only once the other read's failure has been seen.
+                assert released.wait(timeout=30)
+            raise cr.IntegrityError(f"{name} refused", path=name, reason=cr.Reason.IO_ERROR)
+
+        def wait_then_release(*args: Any, **kwargs: Any) -> Any:
+            result = real_wait(*args, **kwargs)
+            released.set()
+            return result
+
+        monkeypatch.setattr(_files, "read_verified_entry", failing)
+        monkeypatch.setattr(_files, "wait", wait_then_release)
+        with pytest.raises(cr.IntegrityError) as caught:
+            cr.read_verified_files(model_dir, manifest, [first, second], workers=2)
+        assert caught.value.path == first
+
     def test_workers_must_be_positive(
         self, manifest: cr.Manifest, model_dir: pathlib.Path
     ) -> None:
