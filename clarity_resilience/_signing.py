@@ -116,7 +116,19 @@ class SignatureTrust(abc.ABC):
                 trusted, not valid or not usable (``SIGNATURE_INVALID``).
         """
         source = os.fspath(signature)
-        raw = _read(source, MAX_SIGNATURE_SIZE, "signature")
+        return self.verify_bytes(_read(source, MAX_SIGNATURE_SIZE, "signature"), source)
+
+    def verify_bytes(self, raw: bytes, source: str) -> SignedManifest:
+        """Authenticate a signature given as bytes (``source`` names it in errors).
+
+        Raises:
+            ManifestError: As for :meth:`verify` (``SIGNATURE_INVALID``).
+        """
+        if len(raw) > MAX_SIGNATURE_SIZE:
+            raise refuse(
+                f"the signature is {len(raw)} bytes, over the {MAX_SIGNATURE_SIZE}-byte cap",
+                source,
+            )
         payload_type, payload, signer = self._authenticate(raw, source)
         statement = parse_statement(payload_type, payload, source)
         try:

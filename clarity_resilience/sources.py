@@ -16,7 +16,8 @@ errors, timeouts, a missed deadline, broken or truncated responses, HTTP 5xx and
 throttling) are retried with stamina (exponential backoff plus jitter, bounded
 attempts); nothing else is. Each transport's packages come from an extra (``http``,
 ``s3``, ``gcs``, ``azure``, ``hf``, ``fsspec``), imported only when a source is created.
-:func:`read_manifest` fetches a pinned manifest through any source.
+:func:`read_manifest` fetches a pinned manifest through any source, and
+:func:`read_signed_manifest` an OpenSSF Model Signing signature.
 """
 
 from __future__ import annotations
@@ -40,12 +41,23 @@ from ._integrity import UNNAMED
 from ._reasons import Reason
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     import httpx
+    from cryptography.hazmat.primitives.asymmetric import ec
     from prometheus_client import CollectorRegistry
 
     from ._manifest import Manifest
+    from ._signing import PemSource, SignedManifest
 
-__all__ = ["CachedSource", "DEFAULT_DEADLINE", "FsspecSource", "HttpSource", "read_manifest"]
+__all__ = [
+    "CachedSource",
+    "DEFAULT_DEADLINE",
+    "FsspecSource",
+    "HttpSource",
+    "read_manifest",
+    "read_signed_manifest",
+]
 
 
 class HttpSource(CachedSource):
@@ -211,3 +223,63 @@ def read_manifest(
     return Manifest.parse(
         bytes(data).decode("utf-8", "surrogateescape"), source=source.display_url
     )
+
+
+def read_signed_manifest(
+    source: CachedSource,
+    *,
+    public_key: PemSource | ec.EllipticCurvePublicKey | None = None,
+    certificate_chain: PemSource | Iterable[PemSource] | None = None,
+    identity: str | None = None,
+    issuer: str | None = None,
+    model: str | None = None,
+    registry: CollectorRegistry | None = None,
+) -> SignedManifest:
+    """Fetch an OpenSSF Model Signing signature through ``source`` and authenticate it.
+
+    The signature's digest (``source.sha256``) pins which signed release is served; the
+    signature, checked against the one trust root given, says who signed it and lists
+    the files. The bytes authenticated are the bytes that were hashed (never a second
+    read of the cached file). Then fetch or check each listed file as with
+    :func:`read_manifest`. Needs the ``signing`` extra.
+
+    Args:
+        source: Any source (``HttpSource``, ``FsspecSource``) of the signature file.
+        public_key: The trust root, as for :meth:`~clarity_resilience.Manifest.from_signature`
+            (or ``certificate_chain``, or ``identity`` with ``issuer``).
+        certificate_chain: As for ``Manifest.from_signature``.
+        identity: As for ``Manifest.from_signature``.
+        issuer: As for ``Manifest.from_signature``.
+        model: As for ``fetch``: the ``model`` label to report under.
+        registry: With ``model``: the Prometheus registry to record into.
+
+    Returns:
+        The :class:`~clarity_resilience.SignedManifest` the signature signs.
+
+    Raises:
+        TypeError: Not exactly one trust root.
+        IntegrityError: The fetch failed (see ``fetch``) or the bytes read back differ.
+        ManifestError: The signature is not trusted, not valid, too large or not usable
+            (``SIGNATURE_INVALID``).
+    """
+    from ._integrity import read_verified
+    from ._signing import MAX_SIGNATURE_SIZE, trust_from
+    from ._signing_statement import refuse
+    from .exceptions import SizeMismatchError
+
+    # The trust root first: a usage error costs no download.
+    trust = trust_from(
+        public_key=public_key, certificate_chain=certificate_chain, identity=identity,
+        issuer=issuer,
+    )  # fmt: skip
+    path = source.fetch(model=model, registry=registry)
+    try:
+        data = read_verified(
+            path, sha256=source.sha256, size=source.size, max_size=MAX_SIGNATURE_SIZE
+        )
+    except SizeMismatchError as e:
+        if source.size is not None:
+            raise
+        # Pinned, but no signature is that large: unusable, like a local one.
+        raise refuse(f"too large: {e}", source.display_url) from e
+    return trust.verify_bytes(bytes(data), source.display_url)
