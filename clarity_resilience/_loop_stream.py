@@ -17,12 +17,12 @@ from typing import Any, Protocol, TypeVar
 
 from ._http import DeadlineError
 
-__all__ = ["CHUNK", "LoopStream", "read_chunks", "run_on_loop"]
+__all__ = ["CHUNK", "MAX_READ", "LoopStream", "read_chunks", "run_on_loop"]
 
 #: The size of one read of a body (the last may be shorter).
 CHUNK = 1 << 20
-# Ranged reads of a file object (no streamed body) double up to this size.
-_MAX_READ = 16 << 20
+#: Ranged reads (no streamed body) double from :data:`CHUNK` up to this size.
+MAX_READ = 16 << 20
 _T = TypeVar("_T")
 
 
@@ -49,11 +49,13 @@ def run_on_loop(
 def _result(
     future: concurrent.futures.Future[_T], deadline_at: float, clock: Callable[[], float]
 ) -> _T:
-    try:
-        return future.result(timeout=max(deadline_at - clock(), 0.0))
-    except concurrent.futures.TimeoutError:
+    # wait(), not result(timeout=): the request's own TimeoutError (a socket wait over
+    # ``timeout``) is the same class, and must not pass for the deadline.
+    done, _ = concurrent.futures.wait([future], timeout=max(deadline_at - clock(), 0.0))
+    if not done:
         future.cancel()
-        raise DeadlineError("no answer before the attempt's deadline") from None
+        raise DeadlineError("no answer before the attempt's deadline")
+    return future.result()
 
 
 class LoopStream:
@@ -149,4 +151,4 @@ def read_chunks(f: Any) -> Iterator[bytes]:
     size = CHUNK
     while chunk := f.read(size):
         yield bytes(chunk)
-        size = min(size * 2, _MAX_READ)
+        size = min(size * 2, MAX_READ)
