@@ -19,6 +19,7 @@ import errno
 import hmac
 import os
 import re
+import types
 import urllib.parse
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -48,6 +49,7 @@ _EXTRAS: dict[str, tuple[str, str]] = {
     "local": ("fsspec", "fsspec"),
 }
 _S3 = frozenset({"s3", "s3a"})
+_GCS = frozenset({"gs", "gcs"})
 _CHUNK = 1 << 20
 _MAX_READ = 16 << 20
 _COMMIT = re.compile(r"[0-9a-f]{40}")
@@ -198,6 +200,9 @@ class FsspecSource(CachedSource):
                     options["config_kwargs"] = config | dict(options.get("config_kwargs", {}))
                     if self.version_id is not None:
                         options["version_aware"] = True
+                if self.protocol in _GCS:
+                    self._fs, self._path = _gcs_filesystem(self.url, options, self.timeout)
+                    return self._fs, self._path
                 self._fs, self._path = fsspec.core.url_to_fs(
                     self.url, skip_instance_cache=True, **options
                 )
@@ -293,7 +298,8 @@ class FsspecSource(CachedSource):
             return False
         status, code = _status(chain)
         if status is not None or code is not None:
-            return code in _THROTTLED or status == 429 or (status or 0) >= 500
+            # 408 and 429: the store asks for a retry (gcsfs's HttpError has no code name).
+            return code in _THROTTLED or status in (408, 429) or (status or 0) >= 500
         if any(isinstance(e, OSError) and e.errno in (errno.EBUSY, errno.EAGAIN) for e in chain):
             return True  # s3fs's mapping of a throttled request
         return any(c.__name__ in _TRANSIENT_NAMES for e in chain for c in type(e).__mro__)
@@ -401,8 +407,15 @@ def _chain(e: BaseException | None) -> Iterator[BaseException]:
 
 
 def _status(chain: list[BaseException]) -> tuple[int | None, str | None]:
-    """Return the HTTP status and error code of a botocore ``ClientError`` in the chain."""
+    """Return the HTTP status and error code of a botocore ``ClientError`` in the chain.
+
+    gcsfs's ``HttpError`` (any status but 404, 403, 412, 502) carries the status as
+    ``code``: without it a GCS 503 or 429 would look permanent.
+    """
     for e in chain:
+        gcs_status = getattr(e, "code", None)
+        if type(e).__name__ == "HttpError" and isinstance(gcs_status, int):
+            return gcs_status, None
         response = getattr(e, "response", None)
         if isinstance(response, dict):
             meta = response.get("ResponseMetadata", {})
@@ -413,6 +426,39 @@ def _status(chain: list[BaseException]) -> tuple[int | None, str | None]:
                 code if isinstance(code, str) else None
             )
     return None, None
+
+
+def _gcs_filesystem(url: str, options: dict[str, Any], timeout: float) -> tuple[Any, str]:
+    """Return a gcsfs filesystem whose requests are each tried once and bounded by ``timeout``.
+
+    Three gcsfs defaults would break the source's promises:
+
+    - The class fsspec registers for ``gs://`` is, by default
+      (``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT``), gcsfs's zonal/HNS class. Before opens and
+      reads it asks the Storage Control API (gRPC) for the bucket's layout: up to 30 s a
+      call and 60 s of retries, repeated on every read when the lookup fails (a reader
+      without the permission, a JSON-only endpoint). No ``timeout`` or ``deadline`` bounds
+      it. A verified download needs only the JSON API: use gcsfs's core class.
+    - No request timeout: ``requests_timeout`` caps every connect and socket read instead.
+    - ``_request`` retries 6 times with up to 32 s of backoff, fixed when gcsfs's class is
+      defined (its ``retries`` attribute changes nothing). The core retries with jitter, so
+      the undecorated request is bound to this filesystem: ``attempts`` means what it says.
+    """
+    import importlib
+
+    import aiohttp
+
+    # Imported by name: gcsfs ships no type information (mypy would need an override).
+    GCSFileSystem: Any = importlib.import_module("gcsfs.core").GCSFileSystem
+    options = GCSFileSystem._get_kwargs_from_urls(url) | options
+    options.setdefault(
+        "requests_timeout", aiohttp.ClientTimeout(sock_connect=timeout, sock_read=timeout)
+    )
+    fs = GCSFileSystem(skip_instance_cache=True, **options)
+    once = getattr(GCSFileSystem._request, "__wrapped__", None)
+    if once is not None:  # gcsfs's retry decorator; tests fail if it moves
+        fs._request = types.MethodType(once, fs)
+    return fs, fs._strip_protocol(url)
 
 
 def _secrets(options: Mapping[str, Any], url: str) -> list[str]:
