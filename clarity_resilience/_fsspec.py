@@ -218,6 +218,9 @@ class FsspecSource(CachedSource):
                 yield body
             return
         fs, path = self._filesystem()
+        if self.protocol in _GCS:
+            yield _open_gcs(fs, path, deadline_at)
+            return
         if self.protocol in _S3:
             bucket, key, _ = fs.split_path(path)
             params = {"Bucket": bucket, "Key": key}
@@ -461,6 +464,47 @@ def _gcs_filesystem(url: str, options: dict[str, Any], timeout: float) -> tuple[
     return fs, fs._strip_protocol(url)
 
 
+def _open_gcs(fs: Any, path: str, deadline_at: float) -> Body:
+    """Return a GCS object's size (one metadata GET) and its chunks, read by ranged GETs.
+
+    gcsfs's file object waits on each read without a limit, so a trickling link would hold
+    one read (up to 16 MiB) far past the attempt's deadline. Here each request runs on
+    gcsfs's event loop and is abandoned (cancelled: its connection closed) at the deadline.
+    """
+    info = _gcs_wait(fs, fs._get_object(path), deadline_at)
+    size = info.get("size")
+    size = size if isinstance(size, int) else None
+
+    def chunks() -> Iterator[bytes]:
+        start, length = 0, _CHUNK
+        while size is None or start < size:
+            chunk = _gcs_wait(fs, fs._cat_file(path, start=start, end=start + length),
+                              deadline_at)  # fmt: skip
+            if not chunk:
+                return
+            yield bytes(chunk)
+            start += len(chunk)
+            length = min(length * 2, _MAX_READ)  # as _chunks: few requests for a big object
+
+    return Body(size, chunks())
+
+
+def _gcs_wait(fs: Any, coroutine: Any, deadline_at: float) -> Any:
+    """Run ``coroutine`` on gcsfs's loop; cancel it and raise at the attempt's deadline.
+
+    Raises:
+        DeadlineError: The request was not done by ``deadline_at``.
+    """
+    future = asyncio.run_coroutine_threadsafe(coroutine, fs.loop)
+    # wait(), not result(timeout=): a request's own TimeoutError (a socket wait over
+    # ``timeout``) must not pass for the deadline.
+    done, _ = concurrent.futures.wait([future], timeout=max(deadline_at - _clock(), 0.0))
+    if not done:
+        future.cancel()
+        raise DeadlineError("no answer from GCS before the attempt's deadline")
+    return future.result()
+
+
 def _secrets(options: Mapping[str, Any], url: str) -> list[str]:
     """Return the secret-looking option values and URL user info, longest first."""
     found: list[str] = []
@@ -475,6 +519,10 @@ def _secrets(options: Mapping[str, Any], url: str) -> list[str]:
     walk(options, False)
     parts = urllib.parse.urlsplit(url)
     found += [x for x in (parts.username, parts.password) if x]
+    # Query values too (gs://bucket/key?token=...: gcsfs takes the query for part of the
+    # key), and every secret as a URL path quotes it: gcsfs's 404 names the quoted path.
+    found += [value for _, value in urllib.parse.parse_qsl(parts.query) if len(value) >= 4]
+    found += [urllib.parse.quote(x, safe="") for x in found]
     return sorted(set(found), key=len, reverse=True)
 
 
