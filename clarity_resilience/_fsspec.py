@@ -189,6 +189,9 @@ class FsspecSource(CachedSource):
         with self._lock:
             if self._fs is None:
                 options = dict(self._options)
+                if self.protocol in _GCS:
+                    self._fs, self._path = _gcs_filesystem(self.url, options, self.timeout)
+                    return self._fs, self._path
                 if self.protocol in _S3:
                     # Bounded socket waits; the core retries (with jitter), not botocore
                     # or s3fs, so ``attempts`` means what it says.
@@ -200,9 +203,6 @@ class FsspecSource(CachedSource):
                     options["config_kwargs"] = config | dict(options.get("config_kwargs", {}))
                     if self.version_id is not None:
                         options["version_aware"] = True
-                if self.protocol in _GCS:
-                    self._fs, self._path = _gcs_filesystem(self.url, options, self.timeout)
-                    return self._fs, self._path
                 self._fs, self._path = fsspec.core.url_to_fs(
                     self.url, skip_instance_cache=True, **options
                 )
@@ -217,10 +217,10 @@ class FsspecSource(CachedSource):
             with self._open_hf() as body:
                 yield body
             return
-        fs, path = self._filesystem()
         if self.protocol in _GCS:
-            yield _open_gcs(fs, path, deadline_at)
+            yield _open_gcs(*self._filesystem(), deadline_at)
             return
+        fs, path = self._filesystem()
         if self.protocol in _S3:
             bucket, key, _ = fs.split_path(path)
             params = {"Bucket": bucket, "Key": key}
@@ -506,7 +506,10 @@ def _gcs_wait(fs: Any, coroutine: Any, deadline_at: float) -> Any:
 
 
 def _secrets(options: Mapping[str, Any], url: str) -> list[str]:
-    """Return the secret-looking option values and URL user info, longest first."""
+    """Return the secret-looking option values, URL user info and query values, longest first.
+
+    Each also percent-encoded, as a transport quoting a URL path writes it.
+    """
     found: list[str] = []
 
     def walk(value: Any, secret: bool) -> None:
