@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import requirements
 import stamina
+from artifact_store import FetchWorker
 from prometheus_client import CollectorRegistry, generate_latest
 
 import clarity_resilience as cr
@@ -481,3 +482,34 @@ class TestGcsNetwork:
         assert cr.read_verified(done[0], sha256=digest) == big
         assert len(retries) >= 1
         assert partial == []
+
+    @pytest.mark.slow  # four interpreter starts
+    def test_four_processes_download_once(
+        self, gcs: FakeGcs, key: str, cache: pathlib.Path
+    ) -> None:
+        """Four processes fetching one gs:// object into one cache make exactly one download."""
+        gcs.upload(BUCKET, key, DATA)
+        with ThreadedFaultProxy("127.0.0.1", gcs.port, seed=7) as proxy:
+            proxy.bandwidth(400)  # ~0.7 s: the others find the download under way
+            workers = [
+                FetchWorker(
+                    "fsspec",
+                    f"gs://{BUCKET}/{key}",
+                    sha256=SHA,
+                    cache_dir=cache,
+                    storage_options=gcs.storage_options(proxy.port),
+                    deadline=60,
+                )
+                for _ in range(4)
+            ]
+            try:
+                for worker in workers:
+                    worker.wait_ready()
+                for worker in workers:
+                    worker.go()
+                results = [worker.result() for worker in workers]
+            finally:
+                for worker in workers:
+                    worker.close()
+        assert results == [f"OK {SHA}"] * 4
+        assert gcs.downloads(BUCKET, key) == 1
