@@ -19,7 +19,6 @@ import errno
 import hmac
 import os
 import re
-import types
 import urllib.parse
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -190,7 +189,9 @@ class FsspecSource(CachedSource):
             if self._fs is None:
                 options = dict(self._options)
                 if self.protocol in _GCS:
-                    self._fs, self._path = _gcs_filesystem(self.url, options, self.timeout)
+                    from ._gcs import gcs_filesystem
+
+                    self._fs, self._path = gcs_filesystem(self.url, options, self.timeout)
                     return self._fs, self._path
                 if self.protocol in _S3:
                     # Bounded socket waits; the core retries (with jitter), not botocore
@@ -218,7 +219,9 @@ class FsspecSource(CachedSource):
                 yield body
             return
         if self.protocol in _GCS:
-            yield _open_gcs(*self._filesystem(), deadline_at)
+            from ._gcs import open_gcs
+
+            yield open_gcs(*self._filesystem(), deadline_at)
             return
         fs, path = self._filesystem()
         if self.protocol in _S3:
@@ -429,80 +432,6 @@ def _status(chain: list[BaseException]) -> tuple[int | None, str | None]:
                 code if isinstance(code, str) else None
             )
     return None, None
-
-
-def _gcs_filesystem(url: str, options: dict[str, Any], timeout: float) -> tuple[Any, str]:
-    """Return a gcsfs filesystem whose requests are each tried once and bounded by ``timeout``.
-
-    Three gcsfs defaults would break the source's promises:
-
-    - The class fsspec registers for ``gs://`` is, by default
-      (``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT``), gcsfs's zonal/HNS class. Before opens and
-      reads it asks the Storage Control API (gRPC) for the bucket's layout: up to 30 s a
-      call and 60 s of retries, repeated on every read when the lookup fails (a reader
-      without the permission, a JSON-only endpoint). No ``timeout`` or ``deadline`` bounds
-      it. A verified download needs only the JSON API: use gcsfs's core class.
-    - No request timeout: ``requests_timeout`` caps every connect and socket read instead.
-    - ``_request`` retries 6 times with up to 32 s of backoff, fixed when gcsfs's class is
-      defined (its ``retries`` attribute changes nothing). The core retries with jitter, so
-      the undecorated request is bound to this filesystem: ``attempts`` means what it says.
-    """
-    import importlib
-
-    import aiohttp
-
-    # Imported by name: gcsfs ships no type information (mypy would need an override).
-    GCSFileSystem: Any = importlib.import_module("gcsfs.core").GCSFileSystem
-    options = GCSFileSystem._get_kwargs_from_urls(url) | options
-    options.setdefault(
-        "requests_timeout", aiohttp.ClientTimeout(sock_connect=timeout, sock_read=timeout)
-    )
-    fs = GCSFileSystem(skip_instance_cache=True, **options)
-    once = getattr(GCSFileSystem._request, "__wrapped__", None)
-    if once is not None:  # gcsfs's retry decorator; tests fail if it moves
-        fs._request = types.MethodType(once, fs)
-    return fs, fs._strip_protocol(url)
-
-
-def _open_gcs(fs: Any, path: str, deadline_at: float) -> Body:
-    """Return a GCS object's size (one metadata GET) and its chunks, read by ranged GETs.
-
-    gcsfs's file object waits on each read without a limit, so a trickling link would hold
-    one read (up to 16 MiB) far past the attempt's deadline. Here each request runs on
-    gcsfs's event loop and is abandoned (cancelled: its connection closed) at the deadline.
-    """
-    info = _gcs_wait(fs, fs._get_object(path), deadline_at)
-    size = info.get("size")
-    size = size if isinstance(size, int) else None
-
-    def chunks() -> Iterator[bytes]:
-        start, length = 0, _CHUNK
-        while size is None or start < size:
-            chunk = _gcs_wait(fs, fs._cat_file(path, start=start, end=start + length),
-                              deadline_at)  # fmt: skip
-            if not chunk:
-                return
-            yield bytes(chunk)
-            start += len(chunk)
-            length = min(length * 2, _MAX_READ)  # as _chunks: few requests for a big object
-
-    return Body(size, chunks())
-
-
-def _gcs_wait(fs: Any, coroutine: Any, deadline_at: float) -> Any:
-    """Run ``coroutine`` on gcsfs's loop; cancel it and raise at the attempt's deadline.
-
-    Raises:
-        DeadlineError: The request was not done by ``deadline_at``.
-    """
-    future = asyncio.run_coroutine_threadsafe(coroutine, fs.loop)
-    # wait(), not result(timeout=): a request's own TimeoutError (a socket wait over
-    # ``timeout``) must not pass for the deadline.
-    done, _ = concurrent.futures.wait([future], timeout=max(deadline_at - _clock(), 0.0))
-    if not done:
-        future.cancel()
-        raise DeadlineError("no answer from GCS before the attempt's deadline")
-    return future.result()
 
 
 def _secrets(options: Mapping[str, Any], url: str) -> list[str]:
