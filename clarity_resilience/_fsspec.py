@@ -48,6 +48,7 @@ _EXTRAS: dict[str, tuple[str, str]] = {
 }
 _S3 = frozenset({"s3", "s3a"})
 _AZURE = frozenset({"az", "abfs", "abfss"})
+_GCS = frozenset({"gs", "gcs"})
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 # hf://[datasets/|spaces/|models/]owner/name[@revision]/path/in/repo
 _HF_URL = re.compile(
@@ -194,6 +195,11 @@ class FsspecSource(CachedSource):
         with self._lock:
             if self._fs is None:
                 options = dict(self._options)
+                if self.protocol in _GCS:
+                    from ._gcs import gcs_filesystem
+
+                    self._fs, self._path = gcs_filesystem(self.url, options, self.timeout)
+                    return self._fs, self._path
                 if self.protocol in _S3:
                     # Bounded socket waits; the core retries (with jitter), not botocore
                     # or s3fs, so ``attempts`` means what it says.
@@ -218,6 +224,11 @@ class FsspecSource(CachedSource):
         if self._hf is not None:
             with self._open_hf() as body:
                 yield body
+            return
+        if self.protocol in _GCS:
+            from ._gcs import open_gcs
+
+            yield open_gcs(*self._filesystem(), deadline_at)
             return
         fs, path = self._filesystem()
         if self.protocol in _S3:
@@ -346,7 +357,8 @@ class FsspecSource(CachedSource):
             return False
         status, code = _status(chain)
         if status is not None or code is not None:
-            return code in _THROTTLED or status == 429 or (status or 0) >= 500
+            # 408 and 429: the store asks for a retry (gcsfs's HttpError has no code name).
+            return code in _THROTTLED or status in (408, 429) or (status or 0) >= 500
         if any(isinstance(e, OSError) and e.errno in (errno.EBUSY, errno.EAGAIN) for e in chain):
             return True  # s3fs's mapping of a throttled request
         return any(c.__name__ in _TRANSIENT_NAMES for e in chain for c in type(e).__mro__)
@@ -374,9 +386,14 @@ def _status(chain: list[BaseException]) -> tuple[int | None, str | None]:
     """Return the HTTP status and error code of a store's error in the chain.
 
     botocore's ``ClientError`` carries them in its ``response`` dict, azure-core's
-    ``HttpResponseError`` as ``status_code`` and ``error_code``.
+    ``HttpResponseError`` as ``status_code`` and ``error_code``, and gcsfs's
+    ``HttpError`` (any status but 404, 403, 412, 502) the status as ``code``: without
+    it a GCS 503 or 429 would look permanent.
     """
     for e in chain:
+        gcs_status = getattr(e, "code", None)
+        if type(e).__name__ == "HttpError" and isinstance(gcs_status, int):
+            return gcs_status, None
         status_code = getattr(e, "status_code", None)
         if isinstance(status_code, int) and not isinstance(status_code, bool):
             code = getattr(e, "error_code", None)
@@ -395,7 +412,10 @@ def _status(chain: list[BaseException]) -> tuple[int | None, str | None]:
 
 
 def _secrets(options: Mapping[str, Any], url: str) -> list[str]:
-    """Return the secret-looking option values and URL user info, longest first."""
+    """Return the secret-looking option values, URL user info and query values, longest first.
+
+    Each also percent-encoded, as a transport quoting a URL path writes it.
+    """
     found: list[str] = []
 
     def walk(value: Any, secret: bool) -> None:
@@ -407,13 +427,15 @@ def _secrets(options: Mapping[str, Any], url: str) -> list[str]:
             # A connection string or SAS token is quoted in pieces (the key alone, the
             # signature URL-encoded): each secret piece is scrubbed on its own too.
             for piece in _SECRET_PIECE.findall(value):
-                found.extend(
-                    {piece, urllib.parse.unquote(piece), urllib.parse.quote(piece, safe="")}
-                )
+                found.extend({piece, urllib.parse.unquote(piece)})
 
     walk(options, False)
     parts = urllib.parse.urlsplit(url)
     found += [x for x in (parts.username, parts.password) if x]
+    # Query values too (gs://bucket/key?token=...: gcsfs takes the query for part of the
+    # key), and every secret as a URL path quotes it: gcsfs's 404 names the quoted path.
+    found += [value for _, value in urllib.parse.parse_qsl(parts.query) if len(value) >= 4]
+    found += [urllib.parse.quote(x, safe="") for x in found]
     return sorted(set(found), key=len, reverse=True)
 
 
