@@ -188,7 +188,7 @@ def demo(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Run the benchmarks and print their ratios as JSON (not a test; never gates CI)."""
-    _install(session, "bench", extras="[safetensors,fastapi,http]")
+    _install(session, "bench", extras="[safetensors,fastapi,http,redis]")
     if shutil.which("sha256sum") is None:
         session.warn("sha256sum not found: the directory benchmark skips its comparison")
     session.run("python", "benchmarks/run.py", *session.posargs, env={"PYTHONSAFEPATH": "1"})

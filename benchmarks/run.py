@@ -78,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in selected:
         log(f"{name}: starting ({'quick' if args.quick else 'full'})")
         start = time.perf_counter()
-        module = importlib.import_module(f"bench_{name}")
         try:
+            # Imported here: one benchmark's missing package must not stop the others.
+            module = importlib.import_module(f"bench_{name}")
             results[name] = module.run(args.quick)
         except Exception:  # noqa: BLE001 - reported in the document, other benchmarks still run
             crashed = True
