@@ -78,7 +78,6 @@ class LoopStream:
         self._deadline_at = deadline_at
         self._clock = clock
         self._body: _Body | None = None
-        self._closed = False  # set on the loop's thread
         self._started = False
         self._next: concurrent.futures.Future[bytes] | None = None
 
@@ -88,10 +87,9 @@ class LoopStream:
 
     async def _open_and_read(self) -> bytes:
         body = await self._open_body()
+        # Set before the first read: a cancellation from close() lands at an await (the
+        # request or a read), so the body is either never returned or closed below.
         self._body = body
-        if self._closed:  # abandoned while the request was under way
-            _close(body)
-            return b""
         return await self._read()
 
     async def _read(self) -> bytes:
@@ -129,7 +127,6 @@ class LoopStream:
 
     def _close_body(self) -> None:
         # On the loop's thread, after the cancellation above was delivered.
-        self._closed = True
         if self._body is not None:
             _close(self._body)
 
