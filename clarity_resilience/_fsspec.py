@@ -18,15 +18,16 @@ import hmac
 import os
 import re
 import urllib.parse
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ._download import DEFAULT_DEADLINE, Body, CachedSource, _clock
+from ._hashing import open_regular
 from ._http import redact, require_extra
 from ._integrity import UNNAMED
 from ._loop_stream import CHUNK, LoopStream, read_chunks, run_on_loop
 from ._reasons import Reason
-from .exceptions import ChecksumMismatchError
+from .exceptions import ChecksumMismatchError, IntegrityError
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -49,6 +50,8 @@ _EXTRAS: dict[str, tuple[str, str]] = {
 _S3 = frozenset({"s3", "s3a"})
 _AZURE = frozenset({"az", "abfs", "abfss"})
 _COMMIT = re.compile(r"[0-9a-f]{40}")
+# An LFS file's etag on the Hub: its SHA-256.
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 # hf://[datasets/|spaces/|models/]owner/name[@revision]/path/in/repo
 _HF_URL = re.compile(
     r"hf://(?:(?P<type>datasets|spaces|models)/)?(?P<repo>[^/@]+/[^/@]+)"
@@ -61,18 +64,19 @@ _SECRET_PIECE = re.compile(
     r"(?i)(?:AccountKey|SharedAccessKey|SharedAccessSignature|sig)=([^;&\s]{4,})"
 )
 # Error classes (by name, anywhere in a cause chain) of failures that may pass on a retry:
-# botocore's, aiohttp's, azure-core's and the stdlib's connection resets, timeouts and
-# broken bodies.
+# botocore's, aiohttp's, azure-core's, httpx's (huggingface_hub's client) and the stdlib's
+# connection resets, timeouts and broken bodies.
 _TRANSIENT_NAMES = frozenset({
     "ConnectionError", "TimeoutError", "HTTPClientError", "ReadTimeoutError",
     "ConnectTimeoutError", "EndpointConnectionError", "ConnectionClosedError",
     "IncompleteRead", "ResponseParserError", "ResponseStreamingError", "ClientPayloadError",
     "ClientConnectionError", "ServerDisconnectedError", "FSTimeoutError",
     "ServiceRequestError", "ServiceResponseError", "IncompleteReadError",
+    "TimeoutException", "NetworkError", "RemoteProtocolError",
 })  # fmt: skip
 _TIMEOUT_NAMES = frozenset({
     "TimeoutError", "ReadTimeoutError", "ConnectTimeoutError", "FSTimeoutError",
-    "ServiceRequestTimeoutError", "ServiceResponseTimeoutError",
+    "ServiceRequestTimeoutError", "ServiceResponseTimeoutError", "TimeoutException",
 })  # fmt: skip
 # Error codes of a store asking to be called again later (S3's, then Azure's).
 _THROTTLED = frozenset({
@@ -216,7 +220,7 @@ class FsspecSource(CachedSource):
     def _open(self, deadline_at: float) -> Iterator[Body]:
         """Open the object (after the S3 checksum cross-check) and yield its chunks."""
         if self._hf is not None:
-            with self._open_hf() as body:
+            with self._open_hf(deadline_at) as body:
                 yield body
             return
         fs, path = self._filesystem()
@@ -312,30 +316,150 @@ class FsspecSource(CachedSource):
         return size
 
     @contextlib.contextmanager
-    def _open_hf(self) -> Iterator[Body]:
-        """Have huggingface_hub put the file in its cache, then stream it from there.
+    def _open_hf(self, deadline_at: float) -> Iterator[Body]:
+        """Ask the Hub about the file (refuse a known mismatch), then stream it.
 
-        Its cache is never trusted: the bytes are hashed again on the way into ours.
+        Online, one HEAD (``get_hf_file_metadata``) comes first: an LFS SHA-256 other
+        than the pinned digest, a size over the cap or a commit other than the pinned
+        one is refused before any body byte. The body is then streamed by one GET
+        through huggingface_hub's own HTTP client straight into the verified cache,
+        not through ``hf_hub_download``: that one bounds its GET by a process-wide
+        timeout (``HF_HUB_DOWNLOAD_TIMEOUT``), retries and resumes it up to five times
+        by itself and returns only once the whole file is in its cache, so neither
+        ``timeout``, ``attempts`` nor the deadline would mean what they say, and
+        unverified bytes would land in a cache other programs trust. With
+        ``local_files_only`` (or ``HF_HUB_OFFLINE``) the file comes from the Hub
+        cache, opened as a regular file and hashed again: that cache is never trusted.
+        """
+        import huggingface_hub
+        from huggingface_hub import constants
+
+        hf = self._hf
+        assert hf is not None
+        options = self._options
+        if bool(options.get("local_files_only", False)) or constants.is_offline_mode():
+            with self._open_hf_cache() as body:
+                yield body
+            return
+        endpoint = options.get("endpoint")
+        token = options.get("token")
+        url = huggingface_hub.hf_hub_url(
+            hf["repo"] or "",
+            hf["file"] or "",
+            repo_type=hf["type"],
+            revision=self.revision,
+            endpoint=endpoint,
+        )
+        # retry_on_errors=False (the default): the core retries, so ``attempts`` holds.
+        meta = huggingface_hub.get_hf_file_metadata(
+            url, token=token, timeout=self.timeout, endpoint=endpoint
+        )
+        self._check_hf_metadata(meta)
+        chunks = self._hf_chunks(url, meta.location, token, deadline_at)
+        try:
+            # The GET is sent on the first chunk: the core refuses an announced size
+            # over the cap before asking for it.
+            yield Body(meta.size, chunks)
+        finally:
+            chunks.close()
+
+    def _check_hf_metadata(self, meta: Any) -> None:
+        """Refuse what the Hub's metadata already shows to be wrong, before any body byte.
+
+        Raises:
+            ChecksumMismatchError: The file's LFS SHA-256 is not the pinned digest.
+            IntegrityError: ``version_mismatch``: the Hub answered a pinned commit with
+                another one; ``fetch_error``: it named no commit (not a Hub endpoint).
+        """
+        commit = meta.commit_hash
+        if not isinstance(commit, str):
+            # huggingface_hub refuses such an answer too (FileMetadataError).
+            raise IntegrityError(
+                f"{self.display_url}: the endpoint sent no X-Repo-Commit; it does not "
+                "answer like a Hugging Face Hub",
+                path=self.display_url,
+                expected=self.revision,
+                reason=Reason.FETCH_ERROR,
+            )
+        if _is_commit(self.revision) and not hmac.compare_digest(commit, self.revision or ""):
+            # The pin is the caller's trust root: a Hub (or mirror, or proxy) that serves
+            # another commit for it is not serving the pinned repository state. The
+            # digest would still catch other bytes, but the answer itself is wrong and
+            # will not improve on a retry: version_mismatch, like a manifest of another
+            # version, is not retried and waits for an operator.
+            raise IntegrityError(
+                f"{self.display_url} was answered from commit {commit}, not the pinned "
+                f"{self.revision}: refused before downloading",
+                path=self.display_url,
+                expected=self.revision,
+                actual=commit,
+                reason=Reason.VERSION_MISMATCH,
+            )
+        etag = meta.etag
+        # An LFS file's etag is its SHA-256 (64 hex); a git file's is its git SHA-1
+        # (40 hex), which says nothing about the SHA-256: the streamed digest decides.
+        if (
+            isinstance(etag, str)
+            and _SHA256.fullmatch(etag) is not None
+            and not hmac.compare_digest(etag, self.sha256)
+        ):
+            raise ChecksumMismatchError(
+                f"{self.display_url} has LFS SHA-256 {etag}, expected {self.sha256}: "
+                "refused before downloading",
+                path=self.display_url,
+                expected=self.sha256,
+                actual=etag,
+            )
+
+    def _hf_chunks(
+        self, url: str, location: str, token: Any, deadline_at: float
+    ) -> Generator[bytes, None, None]:
+        """Send the one GET of an attempt and yield its raw body, chunk by chunk."""
+        from huggingface_hub import get_session, hf_raise_for_status
+        from huggingface_hub.utils._headers import build_hf_headers
+
+        target = urllib.parse.urljoin(url, location)
+        # The token goes to the Hub's own origin only, never to the CDN it redirects to.
+        same_origin = _origin(target) == _origin(url)
+        headers = build_hf_headers(token=token if same_origin else False)
+        # identity and iter_raw: the published bytes are hashed, nothing is decoded.
+        headers["Accept-Encoding"] = "identity"
+        self._check_deadline(deadline_at)
+        with get_session().stream(
+            "GET", target, headers=headers, timeout=self.timeout, follow_redirects=True
+        ) as response:
+            hf_raise_for_status(response)
+            yield from response.iter_raw(CHUNK)
+
+    @contextlib.contextmanager
+    def _open_hf_cache(self) -> Iterator[Body]:
+        """Open the file in huggingface_hub's cache (no request) and yield its chunks.
+
+        The blob is opened as a regular file without blocking: a FIFO or device planted
+        in the cache is refused (``unsafe_path``), it cannot hang the fetch.
         """
         import huggingface_hub
 
-        assert self._hf is not None
-        options = self._options
+        hf = self._hf
+        assert hf is not None
         local = huggingface_hub.hf_hub_download(
-            self._hf["repo"] or "",
-            self._hf["file"] or "",
-            repo_type=self._hf["type"],
+            hf["repo"] or "",
+            hf["file"] or "",
+            repo_type=hf["type"],
             revision=self.revision,
-            cache_dir=options.get("cache_dir"),
-            token=options.get("token"),
-            endpoint=options.get("endpoint"),
-            local_files_only=bool(options.get("local_files_only", False)),
-            etag_timeout=self.timeout,
+            cache_dir=self._options.get("cache_dir"),
+            local_files_only=True,
         )
         if not isinstance(local, str | os.PathLike):
             raise TypeError(f"hf_hub_download returned {type(local).__name__}, not a path")
-        with open(local, "rb") as f:
-            yield Body(os.fstat(f.fileno()).st_size, read_chunks(f))
+        # The snapshot entry is a symlink into blobs/ by design: resolve it, then open
+        # the blob itself without following anything.
+        opened = open_regular(os.path.realpath(local))
+        try:
+            with os.fdopen(opened.fd, "rb", closefd=False) as f:
+                yield Body(opened.st.st_size, read_chunks(f))
+        finally:
+            opened.close()
 
     def _transient(self, cause: BaseException) -> bool | float:
         chain = list(_chain(cause))
@@ -371,7 +495,8 @@ def _status(chain: list[BaseException]) -> tuple[int | None, str | None]:
     """Return the HTTP status and error code of a store's error in the chain.
 
     botocore's ``ClientError`` carries them in its ``response`` dict, azure-core's
-    ``HttpResponseError`` as ``status_code`` and ``error_code``.
+    ``HttpResponseError`` as ``status_code`` and ``error_code``, huggingface_hub's
+    ``HfHubHTTPError`` in its httpx ``response`` (status and ``X-Error-Code``).
     """
     for e in chain:
         status_code = getattr(e, "status_code", None)
@@ -388,6 +513,12 @@ def _status(chain: list[BaseException]) -> tuple[int | None, str | None]:
             return (status if isinstance(status, int) else None), (
                 code if isinstance(code, str) else None
             )
+        # huggingface_hub's HfHubHTTPError carries the httpx response itself.
+        status = getattr(response, "status_code", None)
+        if isinstance(status, int) and not isinstance(status, bool):
+            headers = getattr(response, "headers", None)
+            code = headers.get("X-Error-Code") if isinstance(headers, Mapping) else None
+            return status, (code if isinstance(code, str) else None)
     return None, None
 
 
@@ -435,6 +566,12 @@ def _parse_hf(url: str, allow_unpinned: bool) -> dict[str, str | None]:
         "revision": revision,
         "file": match["file"],
     }
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """Return the (scheme, host, port) a URL is sent to."""
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port
 
 
 def _is_commit(revision: str | None) -> bool:
