@@ -332,12 +332,11 @@ class FsspecSource(CachedSource):
         cache, opened as a regular file and hashed again: that cache is never trusted.
         """
         import huggingface_hub
-        from huggingface_hub import constants
 
         hf = self._hf
         assert hf is not None
         options = self._options
-        if bool(options.get("local_files_only", False)) or constants.is_offline_mode():
+        if bool(options.get("local_files_only", False)) or huggingface_hub.is_offline_mode():
             with self._open_hf_cache() as body:
                 yield body
             return

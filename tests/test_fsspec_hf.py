@@ -98,6 +98,30 @@ class TestHubDownload:
         assert cache_entries(cache) == [SHA]
         assert failures(registry) == {}
 
+    def test_body_is_asked_for_unencoded(self, hub: FakeHub, cache: pathlib.Path) -> None:
+        """The GET asks for the published bytes (identity), so nothing decoded is hashed."""
+        hub.publish(REPO, "model.bin", DATA)
+        with hf_source(hub, cache) as source:
+            source.fetch()
+        encodings = [
+            h.get("accept-encoding")
+            for (_, _, _), h in zip(hub.requests, hub.headers, strict=True)
+        ]
+        assert encodings == ["identity", "identity"]
+
+    def test_answer_without_a_commit_is_refused(
+        self, hub: FakeHub, cache: pathlib.Path, events: list[Event]
+    ) -> None:
+        """An endpoint that names no X-Repo-Commit is not a Hub: fetch_error, no GET."""
+        hub.publish(REPO, "model.bin", DATA)
+        hub.announced_commit = ""
+        with hf_source(hub, cache) as source, pytest.raises(IntegrityError) as info:
+            source.fetch()
+        assert info.value.reason is Reason.FETCH_ERROR
+        assert "X-Repo-Commit" in str(info.value)
+        assert (hub.count("HEAD"), hub.count("GET")) == (1, 0)
+        assert [r for _, r in audited(events)] == [Reason.FETCH_ERROR]
+
     def test_git_file_is_verified_by_the_streamed_digest(
         self, hub: FakeHub, cache: pathlib.Path
     ) -> None:
@@ -263,6 +287,10 @@ class TestHubToken:
         good = hf_source(hub, cache, storage={"token": TOKEN}, model="m", registry=registry)
         with good:
             good.fetch()
+        sent = [(server, h.get("authorization")) for (server, _, _), h in zip(
+            hub.requests, hub.headers, strict=True
+        )]  # fmt: skip
+        assert sent == [("hub", f"Bearer {TOKEN}"), ("cdn", None)]
         # A wrong token: the Hub echoes what it got in its error message.
         hub.token = "hf_theRightOne"
         bad = hf_source(
@@ -297,6 +325,19 @@ class TestHubCache:
         snapshot.mkdir(parents=True)
         (snapshot / "model.bin").symlink_to(blob)
         return blob
+
+    def test_offline_mode_reads_the_hub_cache_and_sends_nothing(
+        self, hub: FakeHub, tmp_path: pathlib.Path, cache: pathlib.Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:  # fmt: skip
+        """HF_HUB_OFFLINE: the file comes from the Hub cache, re-hashed, with no request."""
+        self.build(tmp_path / "hub", DATA)
+        hub.publish(REPO, "model.bin", DATA)
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+        source = hf_source(hub, cache, storage={"cache_dir": str(tmp_path / "hub")})
+        with source:
+            assert cr.read_verified(source.fetch(), sha256=SHA) == DATA
+        assert hub.requests == []
 
     def test_fifo_planted_in_the_hub_cache_is_refused_without_hanging(
         self, tmp_path: pathlib.Path, cache: pathlib.Path, events: list[Event]

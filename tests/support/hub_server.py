@@ -20,7 +20,7 @@ A repository is a directory ``root/{owner}/{name}/{commit}/`` holding the files;
 digest and size are recorded when a file is published, so :meth:`FakeHub.tamper` models
 storage whose bytes no longer match the LFS pointer. No ``X-Xet-*`` header is ever sent,
 so a client never turns to Xet storage. Every request is logged as ``(server, method,
-path)``; :attr:`FakeHub.stall` holds each body until released (a stalled origin);
+path)`` with its headers; :attr:`FakeHub.stall` holds each body until released (a stalled origin);
 :attr:`FakeHub.token` makes the Hub (not the CDN) require ``Authorization: Bearer``.
 """
 
@@ -55,8 +55,10 @@ class FakeHub:
         self.refs: dict[tuple[str, str], str] = {}  # (repo, branch) -> commit
         self.lfs: dict[tuple[str, str, str], tuple[str, int]] = {}  # -> (sha256, size)
         self.requests: list[tuple[str, str, str]] = []
+        #: The headers of every request (names in lower case), in the order of :attr:`requests`.
+        self.headers: list[dict[str, str]] = []
         self.token: str | None = None
-        #: Answer every resolve with this X-Repo-Commit instead of the true one.
+        #: Answer every resolve with this X-Repo-Commit instead of the true one ("": none).
         self.announced_commit: str | None = None
         #: While set and not released, every body is held after the headers are sent.
         self.stall: threading.Event | None = None
@@ -151,7 +153,8 @@ class FakeHub:
         if not (self.root / repo / commit).is_dir():
             return 404, {"X-Error-Code": "RevisionNotFound"}, None
         stored = self.root / repo / commit / file
-        headers = {"X-Repo-Commit": self.announced_commit or commit}
+        announced = commit if self.announced_commit is None else self.announced_commit
+        headers = {"X-Repo-Commit": announced} if announced else {}
         if not stored.is_file():
             return 404, headers | {"X-Error-Code": "EntryNotFound"}, None
         if lfs is None:
@@ -188,6 +191,7 @@ def _handler(hub: FakeHub, name: str) -> type[http.server.BaseHTTPRequestHandler
         def _answer(self, *, body: bool) -> None:
             with hub._lock:
                 hub.requests.append((name, self.command, self.path))
+                hub.headers.append({k.lower(): v for k, v in self.headers.items()})
             if name == "cdn":
                 status, headers, file = self._cdn()
             elif hub.token is not None and (
