@@ -262,6 +262,18 @@ class TestHubNetwork:
         assert len(retries) == 1
         assert hub.count("HEAD") == 2
 
+    def test_body_cut_short_is_retried(
+        self, hub: FakeHub, cache: pathlib.Path, retries: RetryLog
+    ) -> None:
+        """A CDN closing the connection mid-body (no socket error) is transient: retried."""
+        hub.publish(REPO, "model.bin", DATA)
+        hub.cut_after = len(DATA) // 3
+        retries.actions.append(lambda details: setattr(hub, "cut_after", None))
+        with hf_source(hub, cache, attempts=2) as source:
+            path = source.fetch()
+        assert cr.read_verified(path, sha256=SHA) == DATA
+        assert (len(retries), hub.count("GET", "cdn")) == (1, 2)
+
     def test_persistent_resets_give_up_after_the_attempts(
         self, hub: FakeHub, cache: pathlib.Path, retries: RetryLog
     ) -> None:
@@ -333,6 +345,8 @@ class TestHubCache:
         """HF_HUB_OFFLINE: the file comes from the Hub cache, re-hashed, with no request."""
         self.build(tmp_path / "hub", DATA)
         hub.publish(REPO, "model.bin", DATA)
+        import huggingface_hub.constants
+
         monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
         source = hf_source(hub, cache, storage={"cache_dir": str(tmp_path / "hub")})
         with source:

@@ -20,7 +20,8 @@ A repository is a directory ``root/{owner}/{name}/{commit}/`` holding the files;
 digest and size are recorded when a file is published, so :meth:`FakeHub.tamper` models
 storage whose bytes no longer match the LFS pointer. No ``X-Xet-*`` header is ever sent,
 so a client never turns to Xet storage. Every request is logged as ``(server, method,
-path)`` with its headers; :attr:`FakeHub.stall` holds each body until released (a stalled origin);
+path)`` with its headers; :attr:`FakeHub.stall` holds each body until released (a stalled origin),
+:attr:`FakeHub.cut_after` closes the connection mid-body;
 :attr:`FakeHub.token` makes the Hub (not the CDN) require ``Authorization: Bearer``.
 """
 
@@ -62,6 +63,8 @@ class FakeHub:
         self.announced_commit: str | None = None
         #: While set and not released, every body is held after the headers are sent.
         self.stall: threading.Event | None = None
+        #: While set, every body is cut off (the connection closed) after this many bytes.
+        self.cut_after: int | None = None
         self._lock = threading.Lock()
         self._servers: list[http.server.ThreadingHTTPServer] = []
         self._threads: list[threading.Thread] = []
@@ -220,6 +223,10 @@ def _handler(hub: FakeHub, name: str) -> type[http.server.BaseHTTPRequestHandler
                 if stall is not None:
                     self.wfile.flush()
                     stall.wait(_SHUTDOWN_TIMEOUT)
+                cut = hub.cut_after
+                if cut is not None:
+                    data = data[:cut]
+                    self.close_connection = True
                 with contextlib.suppress(OSError):  # the client may have given up
                     self.wfile.write(data)
 
