@@ -97,7 +97,8 @@ class FsspecSource(CachedSource):
         size: The expected size in bytes; caps the download and must match exactly.
         cache_dir: Directory of verified downloads (created if missing).
         storage_options: Passed to the fsspec filesystem (credentials, ``endpoint_url``).
-            Never logged.
+            Never logged. For ``hf://``: ``endpoint``, ``token``, and ``cache_dir`` with
+            ``local_files_only`` (read huggingface_hub's cache, send no request).
         version_id: S3 only: the object version to fetch.
         allow_unpinned_revision: ``hf://`` only: accept a branch or tag (or no revision)
             instead of a 40-hex commit hash. The digest still pins the bytes.
