@@ -423,13 +423,16 @@ class FsspecSource(CachedSource):
         same_origin = _origin(target) == _origin(url)
         headers = build_hf_headers(token=token if same_origin else False)
         # identity and iter_raw: the published bytes are hashed, nothing is decoded.
+        # No chunk size: each piece is yielded as it arrives, so the core checks the
+        # deadline after every socket read (each bounded by ``timeout``), not after a
+        # chunk that a trickle could take minutes to fill.
         headers["Accept-Encoding"] = "identity"
         self._check_deadline(deadline_at)
         with get_session().stream(
             "GET", target, headers=headers, timeout=self.timeout, follow_redirects=True
         ) as response:
             hf_raise_for_status(response)
-            yield from response.iter_raw(CHUNK)
+            yield from response.iter_raw()
 
     @contextlib.contextmanager
     def _open_hf_cache(self) -> Iterator[Body]:

@@ -14,6 +14,7 @@ import pathlib
 import random
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -245,6 +246,27 @@ class TestHubNetwork:
         assert "after 2 attempt(s)" in str(info.value)
         # One GET per attempt: huggingface_hub retried (and resumed) nothing by itself.
         assert 1 <= hub.count("GET", "cdn") <= 2
+        assert failures(registry) == {Reason.TIMEOUT: 1.0}
+        assert cache_entries(cache) == []
+
+    def test_a_trickle_is_abandoned_at_the_deadline(
+        self, hub: FakeHub, cache: pathlib.Path, registry: CollectorRegistry
+    ) -> None:
+        """Bytes that keep coming, too slowly: the GET is given up at the deadline, mid-body."""
+        hub.publish(REPO, "model.bin", DATA)
+        with ThreadedFaultProxy("127.0.0.1", hub.cdn_port, seed=8) as proxy:
+            hub.cdn_url = f"http://127.0.0.1:{proxy.port}"
+            proxy.bandwidth(16)  # 16 KB/s: the 300 KiB file would take ~19 s
+            source = hf_source(hub, cache, deadline=1.0, attempts=1, model="m", registry=registry)
+            with source, pytest.raises(IntegrityError) as info:
+                source.fetch()
+            assert info.value.reason is Reason.TIMEOUT
+            assert "deadline" in str(info.value)
+            end = time.monotonic() + 30
+            while proxy.active_connections:
+                assert time.monotonic() < end, "the abandoned connection stayed open"
+                time.sleep(0.01)  # sleep-ok: polling for a condition, bounded by a deadline
+            assert proxy.bytes_downstream < len(DATA) // 2
         assert failures(registry) == {Reason.TIMEOUT: 1.0}
         assert cache_entries(cache) == []
 
