@@ -69,11 +69,12 @@ def hub(tmp_path: pathlib.Path) -> Iterator[FakeHub]:
 def hf_source(
     hub: FakeHub, cache: pathlib.Path, path: str = "model.bin", **options: Any
 ) -> FsspecSource:
-    """Return a source of REPO's ``path`` at the pinned commit, through ``hub``."""
+    """Return a source of ``repo`` (REPO)'s ``path`` at the pinned commit, through ``hub``."""
     storage = {"endpoint": options.pop("endpoint", hub.url)} | options.pop("storage", {})
     options.setdefault("sha256", SHA)
+    repo = options.pop("repo", REPO)
     return FsspecSource(
-        f"hf://{REPO}@{options.pop('revision', COMMIT)}/{path}",
+        f"hf://{repo}@{options.pop('revision', COMMIT)}/{path}",
         cache_dir=cache,
         storage_options=storage,
         **options,
@@ -201,6 +202,20 @@ class TestHubDownload:
         assert (hub.count("HEAD"), hub.count("GET"), len(retries)) == (1, 0, 0)
         assert failures(registry) == {Reason.VERSION_MISMATCH: 1.0}
 
+    def test_dataset_file_is_fetched_from_the_dataset_repo(
+        self, hub: FakeHub, cache: pathlib.Path
+    ) -> None:
+        """hf://datasets/... asks the Hub under /datasets/ and verifies the file."""
+        hub.publish(REPO, "train.bin", DATA)
+        with FsspecSource(
+            f"hf://datasets/{REPO}@{COMMIT}/train.bin",
+            sha256=SHA,
+            cache_dir=cache,
+            storage_options={"endpoint": hub.url},
+        ) as source:
+            assert cr.read_verified(source.fetch(), sha256=SHA) == DATA
+        assert hub.requests[0][1:] == ("HEAD", f"/datasets/{REPO}/resolve/{COMMIT}/train.bin")
+
     def test_opted_in_branch_follows_the_hub_and_still_verifies(
         self, hub: FakeHub, cache: pathlib.Path
     ) -> None:
@@ -211,19 +226,20 @@ class TestHubDownload:
             assert cr.read_verified(source.fetch(), sha256=SHA) == DATA
 
     @pytest.mark.parametrize(
-        ("path", "revision", "status"),
+        ("repo", "path", "revision", "status"),
         [
-            pytest.param("missing.bin", COMMIT, 404, id="entry"),
-            pytest.param("model.bin", "e" * 40, 404, id="revision"),
+            pytest.param(REPO, "missing.bin", COMMIT, 404, id="entry"),
+            pytest.param(REPO, "model.bin", "e" * 40, 404, id="revision"),
+            pytest.param("org/nothing", "model.bin", COMMIT, 401, id="repo"),
         ],
     )
-    def test_missing_file_or_revision_is_permanent(
+    def test_missing_repo_file_or_revision_is_permanent(
         self, hub: FakeHub, cache: pathlib.Path, retries: RetryLog, events: list[Event],
-        path: str, revision: str, status: int,
+        repo: str, path: str, revision: str, status: int,
     ) -> None:  # fmt: skip
-        """A 404 from the Hub is tried once: fetch_error with the HTTP status as ``actual``."""
+        """A 404 or 401 from the Hub is tried once: fetch_error, the status as ``actual``."""
         hub.publish(REPO, "model.bin", DATA)
-        source = hf_source(hub, cache, path, revision=revision, attempts=3)
+        source = hf_source(hub, cache, path, repo=repo, revision=revision, attempts=3)
         with source, pytest.raises(IntegrityError) as info:
             source.fetch()
         assert (info.value.reason, info.value.actual) == (Reason.FETCH_ERROR, status)
@@ -296,6 +312,19 @@ class TestHubNetwork:
             path = source.fetch()
         assert cr.read_verified(path, sha256=SHA) == DATA
         assert (len(retries), hub.count("GET", "cdn")) == (1, 2)
+
+    def test_unavailable_hub_is_retried_until_it_recovers(
+        self, hub: FakeHub, cache: pathlib.Path, retries: RetryLog
+    ) -> None:
+        """A 503 from the Hub is transient: retried by the core, then the file verifies."""
+        hub.publish(REPO, "model.bin", DATA)
+        hub.fail_status = 503
+        retries.actions.append(lambda details: setattr(hub, "fail_status", None))
+        with hf_source(hub, cache, attempts=3) as source:
+            path = source.fetch()
+        assert cr.read_verified(path, sha256=SHA) == DATA
+        # One HEAD per attempt: huggingface_hub did not retry the 503 by itself.
+        assert (len(retries), hub.count("HEAD")) == (1, 2)
 
     def test_persistent_resets_give_up_after_the_attempts(
         self, hub: FakeHub, cache: pathlib.Path, retries: RetryLog

@@ -21,7 +21,8 @@ digest and size are recorded when a file is published, so :meth:`FakeHub.tamper`
 storage whose bytes no longer match the LFS pointer. No ``X-Xet-*`` header is ever sent,
 so a client never turns to Xet storage. Every request is logged as ``(server, method,
 path)`` with its headers; :attr:`FakeHub.stall` holds each body until released (a stalled origin),
-:attr:`FakeHub.cut_after` closes the connection mid-body;
+:attr:`FakeHub.cut_after` closes the connection mid-body, :attr:`FakeHub.fail_status`
+answers every Hub request with an error status;
 :attr:`FakeHub.token` makes the Hub (not the CDN) require ``Authorization: Bearer``.
 """
 
@@ -63,6 +64,8 @@ class FakeHub:
         self.announced_commit: str | None = None
         #: While set and not released, every body is held after the headers are sent.
         self.stall: threading.Event | None = None
+        #: While set, the Hub answers every request with this HTTP status (and no body).
+        self.fail_status: int | None = None
         #: While set, every body is cut off (the connection closed) after this many bytes.
         self.cut_after: int | None = None
         self._lock = threading.Lock()
@@ -195,7 +198,9 @@ def _handler(hub: FakeHub, name: str) -> type[http.server.BaseHTTPRequestHandler
             with hub._lock:
                 hub.requests.append((name, self.command, self.path))
                 hub.headers.append({k.lower(): v for k, v in self.headers.items()})
-            if name == "cdn":
+            if name == "hub" and hub.fail_status is not None:
+                status, headers, file = hub.fail_status, {}, None
+            elif name == "cdn":
                 status, headers, file = self._cdn()
             elif hub.token is not None and (
                 self.headers.get("Authorization") != f"Bearer {hub.token}"
