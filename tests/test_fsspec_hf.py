@@ -45,16 +45,20 @@ pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("no_backoff", "lo
 
 
 @pytest.fixture
-def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Refuse any connection huggingface_hub's client opens to a non-loopback address."""
+def loopback_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Refuse, and fail the test on, any connection to a non-loopback address."""
     real = socket.create_connection
+    refused: list[str] = []
 
     def guarded(address: tuple[str, int], *args: Any, **kwargs: Any) -> socket.socket:
         if address[0] not in ("127.0.0.1", "localhost", "::1"):
-            raise AssertionError(f"a test tried to reach {address[0]}")
+            refused.append(address[0])  # the source would report the error as fetch_error
+            raise ConnectionRefusedError(f"a test tried to reach {address[0]}")
         return real(address, *args, **kwargs)
 
     monkeypatch.setattr(socket, "create_connection", guarded)
+    yield
+    assert refused == [], "a test tried to leave loopback"
 
 
 @pytest.fixture
