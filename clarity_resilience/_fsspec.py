@@ -436,25 +436,34 @@ class FsspecSource(CachedSource):
 
     @contextlib.contextmanager
     def _open_hf_cache(self) -> Iterator[Body]:
-        """Open the file in huggingface_hub's cache (no request) and yield its chunks.
+        """Open the file in huggingface_hub's cache (no request at all) and yield its chunks.
 
-        The blob is opened as a regular file without blocking: a FIFO or device planted
-        in the cache is refused (``unsafe_path``), it cannot hang the fetch.
+        ``try_to_load_from_cache``, not ``hf_hub_download(local_files_only=True)``: the
+        latter builds request headers, and huggingface_hub fetches a registry from
+        ``HF_ENDPOINT`` the first time it does so in a process. The blob is opened as a
+        regular file without blocking: one swapped for a FIFO or a device is refused
+        (``unsafe_path``), it cannot hang the fetch.
+
+        Raises:
+            FileNotFoundError: The file is not in the cache as a regular file (permanent).
         """
         import huggingface_hub
 
         hf = self._hf
         assert hf is not None
-        local = huggingface_hub.hf_hub_download(
+        cache_dir = self._options.get("cache_dir")
+        local = huggingface_hub.try_to_load_from_cache(
             hf["repo"] or "",
             hf["file"] or "",
-            repo_type=hf["type"],
+            cache_dir=cache_dir,
             revision=self.revision,
-            cache_dir=self._options.get("cache_dir"),
-            local_files_only=True,
+            repo_type=hf["type"],
         )
-        if not isinstance(local, str | os.PathLike):
-            raise TypeError(f"hf_hub_download returned {type(local).__name__}, not a path")
+        if not isinstance(local, str):
+            raise FileNotFoundError(
+                f"{self.display_url} is not a regular file in huggingface_hub's cache "
+                f"({cache_dir or 'the default one'}); offline, so no request was made"
+            )
         # The snapshot entry is a symlink into blobs/ by design: resolve it, then open
         # the blob itself without following anything.
         opened = open_regular(os.path.realpath(local))

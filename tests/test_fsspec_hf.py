@@ -31,6 +31,7 @@ from clarity_resilience.sources import FsspecSource
 
 try:
     import huggingface_hub
+    import huggingface_hub.constants
     from hub_server import COMMIT, FakeHub
 except ImportError:  # pragma: no cover - CI installs it
     huggingface_hub = None  # type: ignore[assignment]
@@ -52,20 +53,23 @@ def loopback_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
     def guarded(address: tuple[str, int], *args: Any, **kwargs: Any) -> socket.socket:
         if address[0] not in ("127.0.0.1", "localhost", "::1"):
-            refused.append(address[0])  # the source would report the error as fetch_error
+            refused.append(f"{address}" + "".join(__import__("traceback").format_stack(limit=25)))
             raise ConnectionRefusedError(f"a test tried to reach {address[0]}")
         return real(address, *args, **kwargs)
 
     monkeypatch.setattr(socket, "create_connection", guarded)
     yield
-    assert refused == [], "a test tried to leave loopback"
+    assert refused == [], f"a test tried to leave loopback: {refused}"
 
 
 @pytest.fixture
-def hub(tmp_path: pathlib.Path) -> Iterator[FakeHub]:
-    """Run a fake Hub serving repositories from tmp_path/repos."""
+def hub(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
+    """Run a fake Hub serving repositories from tmp_path/repos, telemetry off."""
     if huggingface_hub is None:
         requirements.missing("huggingface_hub")
+    # What HF_HUB_DISABLE_TELEMETRY=1 sets at import: without it, huggingface_hub's
+    # first request headers of a process fetch {HF_ENDPOINT}/api/agent-harnesses.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_TELEMETRY", True)
     with FakeHub(tmp_path / "repos") as server:
         yield server
 
@@ -401,29 +405,25 @@ class TestHubCache:
         """HF_HUB_OFFLINE: the file comes from the Hub cache, re-hashed, with no request."""
         self.build(tmp_path / "hub", DATA)
         hub.publish(REPO, "model.bin", DATA)
-        import huggingface_hub.constants
-
         monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
         source = hf_source(hub, cache, storage={"cache_dir": str(tmp_path / "hub")})
         with source:
             assert cr.read_verified(source.fetch(), sha256=SHA) == DATA
         assert hub.requests == []
 
-    def test_fifo_planted_in_the_hub_cache_is_refused_without_hanging(
-        self, tmp_path: pathlib.Path, cache: pathlib.Path, events: list[Event]
-    ) -> None:
-        """A FIFO as the blob: unsafe_path at once, never a read that waits for a writer."""
+    def offline_source(self, root: pathlib.Path, cache: pathlib.Path) -> FsspecSource:
+        """Return a source reading REPO's model.bin from the Hub cache at ``root`` only."""
         if huggingface_hub is None:
             requirements.missing("huggingface_hub")
-        blob = self.build(tmp_path / "hub", DATA)
-        blob.unlink()
-        os.mkfifo(blob)
-        source = FsspecSource(
+        return FsspecSource(
             f"hf://{REPO}@{COMMIT}/model.bin",
             sha256=SHA,
             cache_dir=cache,
-            storage_options={"cache_dir": str(tmp_path / "hub"), "local_files_only": True},
+            storage_options={"cache_dir": str(root), "local_files_only": True},
         )
+
+    def fetch_in_thread(self, source: FsspecSource, fifo: pathlib.Path) -> BaseException:
+        """Fetch in a worker thread; fail the test if it hangs; return what it raised."""
         outcome: list[BaseException] = []
 
         def fetch() -> None:
@@ -436,11 +436,55 @@ class TestHubCache:
         worker.start()
         worker.join(20)
         if worker.is_alive():  # unblock the reader so the thread ends, then fail
-            with open(blob, "wb"):
+            with open(fifo, "wb"):
                 pass
             pytest.fail("fetching a FIFO from the Hub cache hung")
         assert len(outcome) == 1
-        error = outcome[0]
+        return outcome[0]
+
+    def test_cold_hub_cache_is_permanent_and_sends_nothing(
+        self, tmp_path: pathlib.Path, cache: pathlib.Path, retries: RetryLog,
+        events: list[Event],
+    ) -> None:  # fmt: skip
+        """local_files_only with the file not cached: fetch_error at once, no connection."""
+        source = self.offline_source(tmp_path / "hub", cache)
+        with source, pytest.raises(IntegrityError) as info:
+            source.fetch()
+        assert info.value.reason is Reason.FETCH_ERROR
+        assert "no request" in str(info.value)
+        assert len(retries) == 0
+        assert [r for _, r in audited(events)] == [Reason.FETCH_ERROR]
+
+    def test_fifo_planted_in_the_hub_cache_is_refused_without_hanging(
+        self, tmp_path: pathlib.Path, cache: pathlib.Path, events: list[Event]
+    ) -> None:
+        """A FIFO as the blob is never read: typed and audited at once, nothing cached."""
+        blob = self.build(tmp_path / "hub", DATA)
+        blob.unlink()
+        os.mkfifo(blob)
+        error = self.fetch_in_thread(self.offline_source(tmp_path / "hub", cache), blob)
+        assert isinstance(error, IntegrityError)
+        assert error.reason is Reason.FETCH_ERROR
+        assert "not a regular file" in str(error)
+        assert [r for _, r in audited(events)] == [Reason.FETCH_ERROR]
+        assert cache_entries(cache) == []
+
+    def test_blob_swapped_for_a_fifo_after_the_lookup_is_unsafe_path(
+        self, tmp_path: pathlib.Path, cache: pathlib.Path, events: list[Event],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:  # fmt: skip
+        """A blob replaced by a FIFO between huggingface_hub's look and the open: unsafe_path."""
+        blob = self.build(tmp_path / "hub", DATA)
+        real = huggingface_hub.try_to_load_from_cache
+
+        def then_swap(*args: Any, **kwargs: Any) -> Any:
+            found = real(*args, **kwargs)
+            blob.unlink()
+            os.mkfifo(blob)
+            return found
+
+        monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", then_swap)
+        error = self.fetch_in_thread(self.offline_source(tmp_path / "hub", cache), blob)
         assert isinstance(error, IntegrityError)
         assert error.reason is Reason.UNSAFE_PATH
         assert [r for _, r in audited(events)] == [Reason.UNSAFE_PATH]
