@@ -20,10 +20,12 @@ A repository is a directory ``root/{owner}/{name}/{commit}/`` holding the files;
 digest and size are recorded when a file is published, so :meth:`FakeHub.tamper` models
 storage whose bytes no longer match the LFS pointer. No ``X-Xet-*`` header is ever sent,
 so a client never turns to Xet storage. Every request is logged as ``(server, method,
-path)`` with its headers; :attr:`FakeHub.stall` holds each body until released (a stalled origin),
-:attr:`FakeHub.cut_after` closes the connection mid-body, :attr:`FakeHub.fail_status`
-answers every Hub request with an error status;
-:attr:`FakeHub.token` makes the Hub (not the CDN) require ``Authorization: Bearer``.
+path)``, with its headers. Faults: :attr:`FakeHub.stall` holds each body until released
+(a stalled origin), :attr:`FakeHub.cut_after` closes the connection mid-body,
+:attr:`FakeHub.fail_status` answers every Hub request with an error status,
+:attr:`FakeHub.announced_commit` names another commit (or none), and
+:attr:`FakeHub.token` makes the Hub (not the CDN) require ``Authorization: Bearer``
+(a wrong one is echoed in ``X-Error-Message``, as a careless server might).
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ import http.server
 import pathlib
 import threading
 import urllib.parse
-from collections.abc import Iterator
 from typing import Any
 
 __all__ = ["COMMIT", "FakeHub", "git_blob_sha1"]
@@ -243,10 +244,3 @@ def _handler(hub: FakeHub, name: str) -> type[http.server.BaseHTTPRequestHandler
             return (200, {}, file) if file.is_file() else (404, {}, None)
 
     return Handler
-
-
-@contextlib.contextmanager
-def fake_hub(root: pathlib.Path) -> Iterator[FakeHub]:
-    """Run a :class:`FakeHub` serving ``root``; stop it on exit."""
-    with FakeHub(root) as hub:
-        yield hub
