@@ -99,6 +99,9 @@ def _test_env(session: nox.Session, **extra: str) -> dict[str, str]:
         "PYTHONSAFEPATH": "1",
         "CLARITY_TEST_INSTALLED": "1",
         "COVERAGE_FILE": str(coverage_file),
+        # huggingface_hub 2.x would otherwise call huggingface.co the first time it
+        # builds request headers; tests talk to loopback only.
+        "HF_HUB_DISABLE_TELEMETRY": "1",
         **extra,
     }
 

@@ -22,6 +22,7 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ._download import DEFAULT_DEADLINE, Body, CachedSource, _clock
+from ._fsspec_hf import open_hf, parse_hf
 from ._http import redact, require_extra
 from ._integrity import UNNAMED
 from ._loop_stream import CHUNK, LoopStream, read_chunks, run_on_loop
@@ -49,12 +50,6 @@ _EXTRAS: dict[str, tuple[str, str]] = {
 _S3 = frozenset({"s3", "s3a"})
 _AZURE = frozenset({"az", "abfs", "abfss"})
 _GCS = frozenset({"gs", "gcs"})
-_COMMIT = re.compile(r"[0-9a-f]{40}")
-# hf://[datasets/|spaces/|models/]owner/name[@revision]/path/in/repo
-_HF_URL = re.compile(
-    r"hf://(?:(?P<type>datasets|spaces|models)/)?(?P<repo>[^/@]+/[^/@]+)"
-    r"(?:@(?P<revision>[^/]+))?/(?P<file>[^@]+)"
-)
 # Storage option names whose values are secrets, scrubbed from any error text.
 _SECRET_HINTS = ("key", "secret", "token", "password", "credential", "sas", "connection")
 # The secret parts of an Azure connection string or SAS token.
@@ -62,18 +57,19 @@ _SECRET_PIECE = re.compile(
     r"(?i)(?:AccountKey|SharedAccessKey|SharedAccessSignature|sig)=([^;&\s]{4,})"
 )
 # Error classes (by name, anywhere in a cause chain) of failures that may pass on a retry:
-# botocore's, aiohttp's, azure-core's and the stdlib's connection resets, timeouts and
-# broken bodies.
+# botocore's, aiohttp's, azure-core's, httpx's (huggingface_hub's client) and the stdlib's
+# connection resets, timeouts and broken bodies.
 _TRANSIENT_NAMES = frozenset({
     "ConnectionError", "TimeoutError", "HTTPClientError", "ReadTimeoutError",
     "ConnectTimeoutError", "EndpointConnectionError", "ConnectionClosedError",
     "IncompleteRead", "ResponseParserError", "ResponseStreamingError", "ClientPayloadError",
     "ClientConnectionError", "ServerDisconnectedError", "FSTimeoutError",
     "ServiceRequestError", "ServiceResponseError", "IncompleteReadError",
+    "TimeoutException", "NetworkError", "RemoteProtocolError",
 })  # fmt: skip
 _TIMEOUT_NAMES = frozenset({
     "TimeoutError", "ReadTimeoutError", "ConnectTimeoutError", "FSTimeoutError",
-    "ServiceRequestTimeoutError", "ServiceResponseTimeoutError",
+    "ServiceRequestTimeoutError", "ServiceResponseTimeoutError", "TimeoutException",
 })  # fmt: skip
 # Error codes of a store asking to be called again later (S3's, then Azure's).
 _THROTTLED = frozenset({
@@ -94,7 +90,8 @@ class FsspecSource(CachedSource):
         size: The expected size in bytes; caps the download and must match exactly.
         cache_dir: Directory of verified downloads (created if missing).
         storage_options: Passed to the fsspec filesystem (credentials, ``endpoint_url``).
-            Never logged.
+            Never logged. For ``hf://``: ``endpoint``, ``token``, and ``cache_dir`` with
+            ``local_files_only`` (read huggingface_hub's cache, send no request).
         version_id: S3 only: the object version to fetch.
         allow_unpinned_revision: ``hf://`` only: accept a branch or tag (or no revision)
             instead of a 40-hex commit hash. The digest still pins the bytes.
@@ -154,7 +151,7 @@ class FsspecSource(CachedSource):
         self.revision: str | None = None
         self._hf: dict[str, str | None] | None = None
         if protocol == "hf":
-            self._hf = _parse_hf(url, allow_unpinned_revision)
+            self._hf = parse_hf(url, allow_unpinned_revision)
             self.revision = self._hf["revision"]
         super().__init__(
             display,
@@ -222,7 +219,7 @@ class FsspecSource(CachedSource):
     def _open(self, deadline_at: float) -> Iterator[Body]:
         """Open the object (after the S3 checksum cross-check) and yield its chunks."""
         if self._hf is not None:
-            with self._open_hf() as body:
+            with open_hf(self, deadline_at) as body:
                 yield body
             return
         if self.protocol in _GCS:
@@ -325,32 +322,6 @@ class FsspecSource(CachedSource):
             )
         return size
 
-    @contextlib.contextmanager
-    def _open_hf(self) -> Iterator[Body]:
-        """Have huggingface_hub put the file in its cache, then stream it from there.
-
-        Its cache is never trusted: the bytes are hashed again on the way into ours.
-        """
-        import huggingface_hub
-
-        assert self._hf is not None
-        options = self._options
-        local = huggingface_hub.hf_hub_download(
-            self._hf["repo"] or "",
-            self._hf["file"] or "",
-            repo_type=self._hf["type"],
-            revision=self.revision,
-            cache_dir=options.get("cache_dir"),
-            token=options.get("token"),
-            endpoint=options.get("endpoint"),
-            local_files_only=bool(options.get("local_files_only", False)),
-            etag_timeout=self.timeout,
-        )
-        if not isinstance(local, str | os.PathLike):
-            raise TypeError(f"hf_hub_download returned {type(local).__name__}, not a path")
-        with open(local, "rb") as f:
-            yield Body(os.fstat(f.fileno()).st_size, read_chunks(f))
-
     def _transient(self, cause: BaseException) -> bool | float:
         chain = list(_chain(cause))
         if any(isinstance(e, _PERMANENT) for e in chain):
@@ -386,9 +357,10 @@ def _status(chain: list[BaseException]) -> tuple[int | None, str | None]:
     """Return the HTTP status and error code of a store's error in the chain.
 
     botocore's ``ClientError`` carries them in its ``response`` dict, azure-core's
-    ``HttpResponseError`` as ``status_code`` and ``error_code``, and gcsfs's
-    ``HttpError`` (any status but 404, 403, 412, 502) the status as ``code``: without
-    it a GCS 503 or 429 would look permanent.
+    ``HttpResponseError`` as ``status_code`` and ``error_code``, huggingface_hub's
+    ``HfHubHTTPError`` in its httpx ``response`` (status and ``X-Error-Code``), and
+    gcsfs's ``HttpError`` (any status but 404, 403, 412, 502) the status as ``code``:
+    without it a GCS 503 or 429 would look permanent.
     """
     for e in chain:
         gcs_status = getattr(e, "code", None)
@@ -408,6 +380,12 @@ def _status(chain: list[BaseException]) -> tuple[int | None, str | None]:
             return (status if isinstance(status, int) else None), (
                 code if isinstance(code, str) else None
             )
+        # huggingface_hub's HfHubHTTPError carries the httpx response itself.
+        status = getattr(response, "status_code", None)
+        if isinstance(status, int) and not isinstance(status, bool):
+            headers = getattr(response, "headers", None)
+            code = headers.get("X-Error-Code") if isinstance(headers, Mapping) else None
+            return status, (code if isinstance(code, str) else None)
     return None, None
 
 
@@ -437,34 +415,6 @@ def _secrets(options: Mapping[str, Any], url: str) -> list[str]:
     found += [value for _, value in urllib.parse.parse_qsl(parts.query) if len(value) >= 4]
     found += [urllib.parse.quote(x, safe="") for x in found]
     return sorted(set(found), key=len, reverse=True)
-
-
-def _parse_hf(url: str, allow_unpinned: bool) -> dict[str, str | None]:
-    """Split an ``hf://`` URL; refuse a revision that is not a commit hash unless allowed."""
-    match = _HF_URL.fullmatch(url)
-    if match is None:
-        raise ValueError(
-            f"hf:// URL must be hf://[datasets/|spaces/]owner/repo@<commit>/path, got {url!r}"
-        )
-    revision = match["revision"]
-    revision = urllib.parse.unquote(revision) if revision else None
-    if not _is_commit(revision) and not allow_unpinned:
-        raise ValueError(
-            f"hf:// revision must be a 40-hex commit hash, got {revision!r} "
-            "(a branch or tag can move; pass allow_unpinned_revision=True to accept it)"
-        )
-    kind = match["type"]
-    return {
-        "type": None if kind in (None, "models") else kind[:-1],
-        "repo": match["repo"],
-        "revision": revision,
-        "file": match["file"],
-    }
-
-
-def _is_commit(revision: str | None) -> bool:
-    """Return whether ``revision`` pins a commit (40 lowercase hex digits)."""
-    return revision is not None and _COMMIT.fullmatch(revision) is not None
 
 
 def _require_protocol(protocol: str, display: str) -> None:

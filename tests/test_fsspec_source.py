@@ -13,7 +13,6 @@ import importlib
 import pathlib
 import random
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -22,7 +21,7 @@ import pytest
 import requirements
 from artifact_store import FetchWorker
 from prometheus_client import CollectorRegistry, generate_latest
-from store_testing import RetryLog, audited, cache_entries, failures
+from store_testing import InThread, RetryLog, audited, cache_entries, failures
 
 import clarity_resilience as cr
 from clarity_resilience import ChecksumMismatchError, IntegrityError, Reason, SizeMismatchError
@@ -359,19 +358,17 @@ class TestS3Network:
             with ThreadedFaultProxy("127.0.0.1", store.port, seed=6) as proxy:
                 proxy.bandwidth(8000)  # ~3 s for the object
                 source = s3_source(store, key, cache, port=proxy.port, sha256=digest)
-                done: list[pathlib.Path] = []
-                thread = threading.Thread(target=lambda: done.append(source.fetch()))
-                thread.start()
+                fetching = InThread(source.fetch)
                 deadline = time.monotonic() + 30
                 # Killed once the first MiB is through, seconds before the end.
                 while proxy.bytes_downstream < (1 << 20) + (200 << 10):
                     assert time.monotonic() < deadline, "the download never started"
                     time.sleep(0.005)  # sleep-ok: polling for a condition, bounded by a deadline
                 store.kill()
-                thread.join(timeout=60)
+                path = fetching.outcome(timeout=60)
                 partial = [n for n in cache_entries(cache) if n.endswith(".part")]
-        assert done == [cache / digest]
-        assert cr.read_verified(done[0], sha256=digest) == big
+        assert path == cache / digest
+        assert cr.read_verified(path, sha256=digest) == big
         assert len(retries) >= 1
         assert partial == []  # the failed attempt's temporary file was removed
 

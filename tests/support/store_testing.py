@@ -6,6 +6,8 @@ The fixtures that go with them (``no_backoff``, ``retries``, ``cache``) are in c
 from __future__ import annotations
 
 import pathlib
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -13,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from clarity_resilience import Reason
 from clarity_resilience.instrumentation import Event, IntegrityCheckFailed
 
-__all__ = ["RetryLog", "audited", "cache_entries", "failures"]
+__all__ = ["InThread", "RetryLog", "audited", "cache_entries", "failures"]
 
 
 class RetryLog(list[Any]):
@@ -49,3 +51,26 @@ def cache_entries(cache: pathlib.Path) -> list[str]:
     """Return the names in a source's cache directory, lock files left out."""
     names = [p.name for p in cache.iterdir()] if cache.exists() else []
     return sorted(name for name in names if not name.endswith(".lock"))
+
+
+class InThread:
+    """Run ``call`` in a thread; keep what it returned or the exception it raised."""
+
+    def __init__(self, call: Callable[[], Any]) -> None:
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(call,), daemon=True)
+        self._thread.start()
+
+    def _run(self, call: Callable[[], Any]) -> None:
+        try:
+            self.result = call()
+        except BaseException as e:
+            self.error = e
+
+    def outcome(self, timeout: float) -> Any:
+        """Wait up to ``timeout`` s; return the result, failing the test with the error."""
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), f"still running after {timeout} s"
+        assert self.error is None, f"raised {self.error!r} (cause {self.error.__cause__!r})"
+        return self.result
