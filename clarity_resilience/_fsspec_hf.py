@@ -103,7 +103,9 @@ def _check_metadata(source: FsspecSource, meta: Any) -> None:
             expected=source.revision,
             reason=Reason.FETCH_ERROR,
         )
-    if _is_commit(source.revision) and not hmac.compare_digest(commit, source.revision or ""):
+    # Plain equality: a commit hash is public, and a hostile header may hold non-ASCII
+    # text that hmac.compare_digest would refuse with a TypeError.
+    if _is_commit(source.revision) and commit != source.revision:
         # The pin is the caller's trust root: a Hub (or mirror, or proxy) that serves
         # another commit for it is not serving the pinned repository state. The
         # digest would still catch other bytes, but the answer itself is wrong and

@@ -196,17 +196,23 @@ class TestHubDownload:
         assert (hub.count("HEAD"), hub.count("GET")) == (1, 0)
         assert [r for _, r in audited(events)] == [Reason.SIZE_MISMATCH]
 
+    @pytest.mark.parametrize("other", ["f" * 40, "\u00e9" * 40], ids=["hex", "non-ascii"])
     def test_other_commit_for_the_pinned_one_is_refused(
-        self, hub: FakeHub, cache: pathlib.Path, registry: CollectorRegistry, retries: RetryLog
+        self,
+        hub: FakeHub,
+        cache: pathlib.Path,
+        registry: CollectorRegistry,
+        retries: RetryLog,
+        other: str,
     ) -> None:
         """A Hub answering the pinned commit from another one: version_mismatch, no GET."""
         hub.publish(REPO, "model.bin", DATA)
-        hub.announced_commit = "f" * 40
+        hub.announced_commit = other  # a hostile header may be any Latin-1 text
         source = hf_source(hub, cache, model="m", registry=registry, attempts=3)
         with source, pytest.raises(IntegrityError) as info:
             source.fetch()
         assert info.value.reason is Reason.VERSION_MISMATCH
-        assert (info.value.expected, info.value.actual) == (COMMIT, "f" * 40)
+        assert (info.value.expected, info.value.actual) == (COMMIT, other)
         assert (hub.count("HEAD"), hub.count("GET"), len(retries)) == (1, 0, 0)
         assert failures(registry) == {Reason.VERSION_MISMATCH: 1.0}
 
