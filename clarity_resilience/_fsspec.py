@@ -228,19 +228,42 @@ class FsspecSource(CachedSource):
             yield open_gcs(*self._filesystem(), deadline_at)
             return
         fs, path = self._filesystem()
-        if self.protocol in _S3:
-            size, stream = self._open_s3(fs, path, deadline_at)
-        elif self.protocol in _AZURE:
-            size, stream = self._open_azure(fs, path, deadline_at)
-        else:
+        if self.protocol in _AZURE:
+            try:
+                size, stream = self._open_azure(fs, path, deadline_at)
+                try:
+                    yield Body(size, stream)
+                finally:
+                    stream.close()
+            except BaseException:
+                self._drop_azure_client(fs)
+                raise
+            return
+        if self.protocol not in _S3:
             with fs.open(path, "rb", cache_type="none", block_size=CHUNK) as f:
                 size = getattr(f, "size", None)
                 yield Body(size if isinstance(size, int) else None, read_chunks(f))
             return
+        size, stream = self._open_s3(fs, path, deadline_at)
         try:
             yield Body(size, stream)
         finally:
             stream.close()
+
+    def _drop_azure_client(self, fs: Any) -> None:
+        """Close the Azure client of a failed attempt; the next attempt makes a new one.
+
+        A request abandoned mid-body (at the deadline, or on a refusal) leaves its
+        connection open inside the SDK, which offers no way to close one download: it
+        would linger until garbage collection (and warn then). Closing the client's HTTP
+        session closes it now, and the next attempt starts on fresh connections.
+        """
+        with self._lock:
+            if self._fs is fs:
+                self._fs = None
+        # Best effort: the attempt's own failure is what is reported, not this one.
+        with contextlib.suppress(Exception):
+            run_on_loop(fs.loop, fs.service_client.close(), _clock() + self.timeout, _clock)
 
     def _open_s3(self, fs: Any, path: str, deadline_at: float) -> tuple[int | None, LoopStream]:
         """HEAD the object (size, checksum cross-check), then stream it through one GET.
