@@ -441,6 +441,18 @@ def started(
         proc.communicate()
 
 
+# A stand-in module whose import says it started, then waits there for the test's SIGINT:
+# a real-time wait in the child process (the signal is what ends it, never the clock).
+WAITING_IMPORT = (
+    "import os, time\n"
+    "open(os.environ['CLARITY_TEST_IMPORTING'], 'w').close()\n"
+    "deadline = time.monotonic() + 120\n"
+    "while time.monotonic() < deadline:\n"
+    "    time.sleep(0.01)  # sleep-ok: waiting for SIGINT, bounded by a deadline\n"
+    "raise ImportError('no SIGINT came')\n"
+)
+
+
 def wait_until(proc: subprocess.Popen[str], ready: Callable[[], bool], what: str) -> None:
     """Poll ``ready`` until it is true; fail if the process exits or time runs out first."""
     deadline = time.monotonic() + START_TIMEOUT
@@ -505,14 +517,7 @@ class TestInterrupt:
         stand_ins = tmp_path / "stand-ins"
         stand_ins.mkdir()
         importing = tmp_path / "importing"
-        (stand_ins / "fnmatch.py").write_text(
-            "import os, time\n"
-            "open(os.environ['CLARITY_TEST_IMPORTING'], 'w').close()\n"
-            "deadline = time.monotonic() + 120\n"
-            "while time.monotonic() < deadline:\n"
-            "    time.sleep(0.01)\n"
-            "raise ImportError('no SIGINT came')\n"
-        )
+        (stand_ins / "fnmatch.py").write_text(WAITING_IMPORT)
         env = cli_env(stand_ins) | {"CLARITY_TEST_IMPORTING": str(importing)}
         argv = ["verify", str(model_dir), "--manifest", str(manifest_file)]
         with started("script", *argv, env=env) as proc:
@@ -537,14 +542,7 @@ class TestInterrupt:
         stand_ins = tmp_path / "stand-ins"
         stand_ins.mkdir()
         importing = tmp_path / "importing"
-        (stand_ins / "argparse.py").write_text(
-            "import os, time\n"
-            "open(os.environ['CLARITY_TEST_IMPORTING'], 'w').close()\n"
-            "deadline = time.monotonic() + 120\n"
-            "while time.monotonic() < deadline:\n"
-            "    time.sleep(0.01)\n"
-            "raise ImportError('no SIGINT came')\n"
-        )
+        (stand_ins / "argparse.py").write_text(WAITING_IMPORT)
         env = cli_env(stand_ins) | {"CLARITY_TEST_IMPORTING": str(importing)}
         argv = ["verify", str(model_dir), "--manifest", str(manifest_file)]
         with started(entry, *argv, env=env) as proc:

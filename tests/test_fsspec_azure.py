@@ -21,7 +21,7 @@ import pytest
 import requirements
 from azurite import ACCOUNT_KEY, Azurite
 from prometheus_client import CollectorRegistry, generate_latest
-from store_testing import InThread, RetryLog, audited, cache_entries, failures
+from store_testing import RetryLog, audited, cache_entries, failures, kill_mid_download
 
 import clarity_resilience as cr
 from clarity_resilience import ChecksumMismatchError, IntegrityError, Reason, SizeMismatchError
@@ -299,13 +299,7 @@ class TestAzureNetwork:
             with ThreadedFaultProxy("127.0.0.1", store.port, seed=7) as proxy:
                 proxy.bandwidth(8000)  # ~3 s for the blob
                 source = az_source(store, blob, cache, port=proxy.port, sha256=digest)
-                fetching = InThread(source.fetch)
-                deadline = time.monotonic() + 30
-                while proxy.bytes_downstream < (1 << 20) + (200 << 10):
-                    assert time.monotonic() < deadline, "the download never started"
-                    time.sleep(0.005)  # sleep-ok: polling for a condition, bounded by a deadline
-                store.kill()
-                path = fetching.outcome(timeout=60)
+                path = kill_mid_download(proxy, store.kill, source)
                 partial = [n for n in cache_entries(cache) if n.endswith(".part")]
         assert path == cache / digest
         assert cr.read_verified(path, sha256=digest) == big

@@ -152,7 +152,7 @@ print("READY", flush=True)
 sys.stdin.readline()
 try:
     path = source.fetch()
-except Exception as e:
+except Exception as e:  # reported on stdout; the test asserts on that line
     print("ERROR", type(e).__name__, getattr(e, "reason", ""), flush=True)
     sys.exit(3)
 data = read_verified(path, sha256=source.sha256)

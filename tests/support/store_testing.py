@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pathlib
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -15,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from clarity_resilience import Reason
 from clarity_resilience.instrumentation import Event, IntegrityCheckFailed
 
-__all__ = ["InThread", "RetryLog", "audited", "cache_entries", "failures"]
+__all__ = ["InThread", "RetryLog", "audited", "cache_entries", "failures", "kill_mid_download"]
 
 
 class RetryLog(list[Any]):
@@ -74,3 +75,20 @@ class InThread:
         assert not self._thread.is_alive(), f"still running after {timeout} s"
         assert self.error is None, f"raised {self.error!r} (cause {self.error.__cause__!r})"
         return self.result
+
+
+def kill_mid_download(
+    proxy: Any, kill: Callable[[], None], source: Any, *, after: int = (1 << 20) + (200 << 10)
+) -> Any:
+    """Start ``source.fetch()``, kill the store once ``after`` bytes came through the proxy.
+
+    Returns what the fetch returned (it must recover through its retries), failing the
+    test with the fetch's own error otherwise.
+    """
+    fetching = InThread(source.fetch)
+    deadline = time.monotonic() + 30
+    while proxy.bytes_downstream < after:
+        assert time.monotonic() < deadline, "the download never started"
+        time.sleep(0.005)  # sleep-ok: polling for a condition, bounded by a deadline
+    kill()
+    return fetching.outcome(timeout=60)
